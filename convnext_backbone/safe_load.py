@@ -1,0 +1,43 @@
+"""Let torch's safe loader (``weights_only=True``, the default since torch 2.6) read mmengine checkpoints.
+
+mmengine 0.10.7 stores its MessageHub in ``meta``: ``HistoryBuffer`` objects holding numpy arrays, whose
+pickles also refer to the buffer's statistics methods as ``getattr(HistoryBuffer, 'min')``. The safe unpickler
+rejects them, so ``--resume`` and loading any checkpoint that mmengine wrote fail with
+``Unsupported global: mmengine.logging.history_buffer.HistoryBuffer``. Instead of turning safe loading off
+we allow-list exactly those classes, and a ``getattr`` that resolves nothing but HistoryBuffer's statistics
+methods (a general ``getattr`` would hand a pickle any method of any allowed object, e.g.
+``ndarray.tofile``); everything else stays forbidden.
+"""
+import pickle
+
+import numpy as np
+import torch
+from mmengine.logging.history_buffer import HistoryBuffer
+
+
+def _numpy_globals():
+    # What numpy arrays and scalars pickle into. numpy 2 moved numpy.core to numpy._core; pickles written
+    # with either name must load, so allow both where they exist.
+    names = []
+    for module in ('numpy._core.multiarray', 'numpy.core.multiarray'):
+        try:
+            mod = __import__(module, fromlist=['_reconstruct', 'scalar'])
+        except ImportError:
+            continue
+        names += [(getattr(mod, '_reconstruct'), f'{module}._reconstruct'),
+                  (getattr(mod, 'scalar'), f'{module}.scalar')]
+    dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32,
+                                            np.int8, np.uint8, np.bool_)}
+    return names + [np.ndarray, np.dtype] + sorted(dtypes, key=lambda t: t.__name__)
+
+
+def history_buffer_getattr(obj, name):
+    """The only ``getattr`` a safely loaded pickle may call: HistoryBuffer's statistics methods."""
+    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods and hasattr(HistoryBuffer, name):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(f'weights_only load refused getattr({obj!r}, {name!r}): only HistoryBuffer '
+                                 'statistics methods are allow-listed (see convnext_backbone.safe_load).')
+
+
+MMENGINE_SAFE_GLOBALS = [HistoryBuffer, (history_buffer_getattr, 'builtins.getattr')] + _numpy_globals()
+torch.serialization.add_safe_globals(MMENGINE_SAFE_GLOBALS)
