@@ -1,2 +1,15 @@
-"""ConvNeXt backbone plugin for OpenMMLab 2.x."""
+"""ConvNeXt backbone plugin for OpenMMLab 2.x.
+
+``import convnext_backbone`` (or ``custom_imports=dict(imports=['convnext_backbone'])`` in a config)
+registers ``ConvNeXt`` in mmdet's and mmseg's MODELS and ``ConvNeXtLayerDecayOptimizerConstructor`` in their
+optimizer-wrapper constructors, and lets torch's safe loader read mmengine checkpoints (``--resume``).
+"""
+from . import safe_load  # noqa: F401  (must run before any checkpoint is read)
+from .checkpoint import CheckpointError, convert_ours_to_timm, convert_state_dict, load_pretrained
+from .convnext import ARCH_SETTINGS, ConvNeXt
+from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor, get_layer_id
+from . import registry  # noqa: F401,E402
+
 __version__ = '0.1.0'
+__all__ = ['ARCH_SETTINGS', 'CheckpointError', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor',
+           'convert_ours_to_timm', 'convert_state_dict', 'get_layer_id', 'load_pretrained']

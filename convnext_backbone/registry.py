@@ -1,0 +1,13 @@
+"""Register our modules in mmdet's and mmseg's registries (``custom_imports`` is all a project needs)."""
+from mmdet.registry import MODELS as MMDET_MODELS
+from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMDET_CONSTRUCTORS
+from mmseg.registry import MODELS as MMSEG_MODELS
+from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMSEG_CONSTRUCTORS
+
+from .convnext import ConvNeXt
+from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor
+
+for registry in (MMDET_MODELS, MMSEG_MODELS):
+    registry.register_module(module=ConvNeXt)
+for registry in (MMDET_CONSTRUCTORS, MMSEG_CONSTRUCTORS):
+    registry.register_module(module=ConvNeXtLayerDecayOptimizerConstructor)

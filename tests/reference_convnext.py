@@ -1,0 +1,108 @@
+"""The official facebookresearch ConvNeXt (V1 + V2 GRN) block and backbone, written out plainly.
+
+Used by the tests as the numerical reference for our fast implementation and as the source of
+official-layout checkpoints (its parameter names are the official ones).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class OfficialLayerNorm(nn.Module):
+    def __init__(self, normalized_shape, eps=1e-6, data_format='channels_last'):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(normalized_shape))
+        self.bias = nn.Parameter(torch.zeros(normalized_shape))
+        self.eps = eps
+        self.data_format = data_format
+        self.normalized_shape = (normalized_shape,)
+
+    def forward(self, x):
+        if self.data_format == 'channels_last':
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        u = x.mean(1, keepdim=True)
+        s = (x - u).pow(2).mean(1, keepdim=True)
+        x = (x - u) / torch.sqrt(s + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class OfficialGRN(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1, 1, 1, dim))
+        self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
+
+    def forward(self, x):
+        gx = torch.norm(x, p=2, dim=(1, 2), keepdim=True)
+        nx = gx / (gx.mean(dim=-1, keepdim=True) + 1e-6)
+        return self.gamma * (x * nx) + self.beta + x
+
+
+class OfficialBlock(nn.Module):
+    def __init__(self, dim, layer_scale_init_value=1e-6, use_grn=False):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.norm = OfficialLayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, 4 * dim)
+        self.act = nn.GELU()
+        if use_grn:
+            self.grn = OfficialGRN(4 * dim)
+        self.use_grn = use_grn
+        self.pwconv2 = nn.Linear(4 * dim, dim)
+        self.gamma = (nn.Parameter(layer_scale_init_value * torch.ones(dim))
+                      if layer_scale_init_value > 0 else None)
+
+    def forward(self, x):
+        shortcut = x
+        x = self.dwconv(x).permute(0, 2, 3, 1)
+        x = self.act(self.pwconv1(self.norm(x)))
+        if self.use_grn:
+            x = self.grn(x)
+        x = self.pwconv2(x)
+        if self.gamma is not None:
+            x = self.gamma * x
+        return shortcut + x.permute(0, 3, 1, 2)
+
+
+class OfficialConvNeXt(nn.Module):
+    """The official detection/segmentation backbone (mmdet-2 era), without drop path."""
+
+    def __init__(self, in_chans=3, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768),
+                 layer_scale_init_value=1e-6, use_grn=False, out_indices=(0, 1, 2, 3)):
+        super().__init__()
+        self.downsample_layers = nn.ModuleList([nn.Sequential(
+            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4),
+            OfficialLayerNorm(dims[0], eps=1e-6, data_format='channels_first'))])
+        for i in range(3):
+            self.downsample_layers.append(nn.Sequential(
+                OfficialLayerNorm(dims[i], eps=1e-6, data_format='channels_first'),
+                nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2)))
+        self.stages = nn.ModuleList([
+            nn.Sequential(*[OfficialBlock(dims[i], layer_scale_init_value, use_grn) for _ in range(depths[i])])
+            for i in range(4)])
+        self.out_indices = out_indices
+        for i in out_indices:
+            self.add_module(f'norm{i}', OfficialLayerNorm(dims[i], eps=1e-6, data_format='channels_first'))
+
+    def forward(self, x):
+        outs = []
+        for i in range(4):
+            x = self.stages[i](self.downsample_layers[i](x))
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(x))
+        return tuple(outs)
+
+
+def randomize_(model, seed=0):
+    """Give every parameter a non-trivial value (norm affine, layer scale and GRN included), at a scale that
+    keeps activations well-conditioned so float32 comparisons are meaningful."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2 and 'grn' not in name:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in ** 0.5)
+            else:
+                base = 1.0 if name.endswith('weight') and 'grn' not in name else 0.0
+                p.copy_(base + 0.2 * torch.randn(p.shape, generator=gen))
+    return model

@@ -1,0 +1,176 @@
+"""The backbone itself: architecture, arguments, shapes, fast path == official reference, freezing, cp."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convnext_backbone import ARCH_SETTINGS, ConvNeXt
+from reference_convnext import OfficialConvNeXt, randomize_
+
+TINY = dict(depths=[1, 2, 2, 1], channels=[8, 16, 24, 32])
+
+
+@pytest.mark.parametrize('arch', list(ARCH_SETTINGS))
+def test_every_arch_shapes_strides_channels(arch):
+    depths, channels = ARCH_SETTINGS[arch]
+    with torch.device('meta'):  # shapes only: no memory or compute for the billion-parameter archs
+        model = ConvNeXt(arch)
+        outs = model(torch.empty(1, 3, 223, 301))
+    assert model.depths == depths and model.out_channels == channels
+    # stride-4 stem then three stride-2 downsamplings, each flooring
+    sizes = [(55, 75), (27, 37), (13, 18), (6, 9)]
+    assert [tuple(o.shape) for o in outs] == [(1, c, *s) for c, s in zip(channels, sizes)]
+
+
+def test_known_arch_sizes():
+    assert ARCH_SETTINGS['tiny'] == ([3, 3, 9, 3], [96, 192, 384, 768])
+    assert ARCH_SETTINGS['small'] == ([3, 3, 27, 3], [96, 192, 384, 768])
+    assert ARCH_SETTINGS['xlarge'] == ([3, 3, 27, 3], [256, 512, 1024, 2048])
+    assert ARCH_SETTINGS['huge'] == ([3, 3, 27, 3], [352, 704, 1408, 2816])
+    n_params = sum(p.numel() for n, p in ConvNeXt('tiny').named_parameters() if not n.startswith('norm'))
+    assert abs(n_params - 27.82e6) < 0.05e6  # paper: ConvNeXt-T 28M (27.8M without the head)
+
+
+def test_real_forward_odd_size_and_out_indices():
+    model = ConvNeXt('atto', out_indices=(-1, 1)).eval()
+    outs = model(torch.randn(2, 3, 97, 131))
+    assert model.out_indices == (1, 3)
+    assert [tuple(o.shape) for o in outs] == [(2, 80, 12, 16), (2, 320, 3, 4)]
+    assert all(o.is_contiguous() for o in outs)
+    assert hasattr(model, 'norm1') and hasattr(model, 'norm3') and not hasattr(model, 'norm0')
+
+
+def test_official_argument_names():
+    model = ConvNeXt(in_chans=4, depths=[1, 1, 1, 1], dims=[8, 16, 32, 64], out_indices=[0, 1, 2, 3])
+    assert model.in_channels == 4 and model.depths == [1, 1, 1, 1] and model.channels == [8, 16, 32, 64]
+    assert model(torch.randn(1, 4, 64, 64))[3].shape == (1, 64, 2, 2)
+
+
+@pytest.mark.parametrize('use_grn,ls', [(False, 1e-6), (True, 0.0)])
+def test_fast_path_equals_official_forward_and_gradients(use_grn, ls):
+    depths, dims = [2, 2, 3, 2], [16, 32, 48, 64]
+    ref = randomize_(OfficialConvNeXt(depths=depths, dims=dims, use_grn=use_grn, layer_scale_init_value=ls))
+    ours = ConvNeXt(depths=depths, dims=dims, use_grn=use_grn, layer_scale_init_value=ls)
+    assert set(ours.state_dict()) == set(ref.state_dict())  # official names, one to one
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 67, 93)
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    outs_ref, outs_ours = ref(x_ref), ours(x_ours)
+    for a, b in zip(outs_ref, outs_ours):
+        assert (a - b).abs().max() < 1e-5
+    weights = [torch.randn_like(o) for o in outs_ref]
+    sum((o * w).sum() for o, w in zip(outs_ref, weights)).backward()
+    sum((o * w).sum() for o, w in zip(outs_ours, weights)).backward()
+    assert (x_ref.grad - x_ours.grad).abs().max() < 1e-5
+    ref_grads = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        g_ref = ref_grads[name].grad
+        assert (p.grad - g_ref).abs().max() < 1e-5 * max(1.0, g_ref.abs().max().item()), name
+
+
+def _grads(model, x, seed):
+    torch.manual_seed(seed)
+    outs = model(x)
+    loss = sum((o * (i + 1)).mean() for i, o in enumerate(outs))
+    model.zero_grad()
+    loss.backward()
+    return [o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_with_cp_and_channels_last_match_eager_including_drop_path():
+    torch.manual_seed(0)
+    eager = randomize_(ConvNeXt(TINY, drop_path_rate=0.3)).train()
+    x = torch.randn(2, 3, 64, 64)
+    outs_e, grads_e = _grads(eager, x, seed=1)
+    for kwargs in (dict(with_cp=True), dict(channels_last=True), dict(with_cp=True, channels_last=True)):
+        other = ConvNeXt(TINY, drop_path_rate=0.3, **kwargs).train()
+        other.load_state_dict(eager.state_dict())
+        outs_o, grads_o = _grads(other, x, seed=1)  # same seed: same drop-path masks
+        for a, b in zip(outs_e, outs_o):
+            assert torch.allclose(a, b, atol=1e-6), kwargs
+        for name in grads_e:
+            assert torch.allclose(grads_e[name], grads_o[name], atol=1e-6), (kwargs, name)
+        if kwargs.get('channels_last'):
+            assert outs_o[0].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_drop_path_linear_schedule():
+    model = ConvNeXt(dict(depths=[2, 2, 4, 2], channels=[8, 16, 24, 32]), drop_path_rate=0.3)
+    rates = [block.drop_path_rate for stage in model.stages for block in stage]
+    assert rates == pytest.approx([0.3 * i / 9 for i in range(10)])
+
+
+def test_drop_path_is_active_in_training_only():
+    model = ConvNeXt(TINY, drop_path_rate=0.5)
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    assert torch.equal(model(x)[3], model(x)[3])
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)[3]
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(x)[3])
+
+
+def test_layer_scale_and_grn_parameters():
+    model = ConvNeXt(TINY, layer_scale_init_value=0.5)
+    assert torch.all(model.stages[0][0].gamma == 0.5)
+    v2 = ConvNeXt(TINY, layer_scale_init_value=0, use_grn=True)
+    block = v2.stages[1][0]
+    assert block.gamma is None and block.grn.gamma.shape == (1, 1, 1, 4 * 16)
+
+
+def test_frozen_stages_stay_frozen_after_train():
+    model = ConvNeXt(TINY, frozen_stages=2, drop_path_rate=0.2)
+    model.train()
+    for i in range(4):
+        frozen = i < 2
+        for module in (model.downsample_layers[i], model.stages[i]):
+            assert all(p.requires_grad != frozen for p in module.parameters())
+            assert all(m.training != frozen for m in module.modules())
+    assert all(p.requires_grad for i in range(4) for p in getattr(model, f'norm{i}').parameters())
+    # frozen blocks behave as in eval: no stochastic depth
+    x = torch.randn(1, 3, 64, 64)
+    feats = [model.stages[0](model.downsample_layers[0](x)) for _ in range(2)]
+    assert torch.equal(*feats)
+    model(x)[3].sum().backward()
+    assert all(p.grad is None for p in model.stages[0].parameters())
+    assert model.stages[2][0].dwconv.weight.grad is not None
+
+
+def test_gap_before_final_norm_matches_mmpretrain_semantics():
+    model = ConvNeXt(TINY, gap_before_final_norm=True, out_indices=3).eval()
+    x = torch.randn(2, 3, 64, 64)
+    pooled = model(x)[0]
+    dense = ConvNeXt(TINY, out_indices=3).eval()
+    dense.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        feat = dense.stages[3](dense.downsample_layers[3](dense.stages[2](dense.downsample_layers[2](
+            dense.stages[1](dense.downsample_layers[1](dense.stages[0](dense.downsample_layers[0](x)))))))).mean((2, 3))
+    assert pooled.shape == (2, 32)
+    assert torch.allclose(pooled, F.layer_norm(feat, (32,), model.norm3.weight, model.norm3.bias, 1e-6), atol=1e-5)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(arch='tinyy'), 'unknown arch .*Valid archs: atto, femto, pico, nano, tiny'),
+    (dict(arch=dict(depths=[1, 1])), 'exactly the keys `depths` and `channels`'),
+    (dict(arch=dict(depths=[1, 1], channels=[8])), 'same length'),
+    (dict(out_indices=(0, 4)), r'out_indices \[0, 4\] has 4.*\[-4, 3\]'),
+    (dict(out_indices=(1, -3)), 'names a stage twice'),
+    (dict(out_indices=()), 'non-empty'),
+    (dict(frozen_stages=5), r'frozen_stages must be an int in \[-1, 4\]'),
+    (dict(drop_path_rate=1.0), 'drop_path_rate'),
+    (dict(layer_scale_init_value=-1), 'layer_scale_init_value'),
+    (dict(depths=[1, 1, 1, 1]), '`depths` and `dims` must be given together'),
+    (dict(arch='tiny', stem_patch_sizee=4), 'unknown arguments'),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ConvNeXt(**kwargs)
+
+
+def test_registered_in_mmdet_and_mmseg():
+    from mmdet.registry import MODELS as DET
+    from mmseg.registry import MODELS as SEG
+    for registry in (DET, SEG):
+        model = registry.build(dict(type='ConvNeXt', arch='atto', out_indices=(0, 1, 2, 3)))
+        assert isinstance(model, ConvNeXt)
