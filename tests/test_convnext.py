@@ -67,6 +67,29 @@ def test_fast_path_equals_official_forward_and_gradients(use_grn, ls):
         assert (p.grad - g_ref).abs().max() < 1e-5 * max(1.0, g_ref.abs().max().item()), name
 
 
+@pytest.mark.parametrize('use_grn,ls', [(False, 1e-6), (True, 0.0)])
+def test_inference_fast_path_equals_official(use_grn, ls):
+    """No-grad forward takes the fused oneDNN linear+GELU and linear+residual kernels on CPU."""
+    depths, dims = [2, 2, 3, 2], [16, 32, 48, 64]
+    ref = randomize_(OfficialConvNeXt(depths=depths, dims=dims, use_grn=use_grn, layer_scale_init_value=ls))
+    ours = ConvNeXt(depths=depths, dims=dims, use_grn=use_grn, layer_scale_init_value=ls).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 67, 93)
+    with torch.no_grad():
+        for a, b in zip(ref(x), ours(x)):
+            assert (a - b).abs().max() < 1e-5
+
+
+def test_training_path_with_active_drop_path_matches_reference_when_paths_are_kept():
+    torch.manual_seed(0)
+    ours = randomize_(ConvNeXt(TINY, drop_path_rate=1e-9)).train()  # active drop path, keeps every path
+    ref = OfficialConvNeXt(depths=TINY['depths'], dims=TINY['channels'])
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    for a, b in zip(ref(x), ours(x)):
+        assert (a - b).abs().max() < 1e-5
+
+
 def _grads(model, x, seed):
     torch.manual_seed(seed)
     outs = model(x)

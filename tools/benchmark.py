@@ -1,0 +1,284 @@
+"""Throughput and peak memory of our ConvNeXt against timm's, and of whole detectors / segmentors.
+
+Backbone mode (ours and timm's same-arch model, built in the same way, each configuration measured in its
+own fresh process so that peak memory is per configuration):
+
+    python tools/benchmark.py backbone --arch tiny --size 224 --batch 8 --step train
+    python tools/benchmark.py backbone --arch tiny --size 800 1216 --batch 1 --step forward
+    python tools/benchmark.py backbone --arch tiny --size 224 --batch 8 --step train --modes eager with_cp
+
+Modes: eager (default), channels_last (input handed over in channels-last memory format), compile
+(torch.compile), with_cp (activation checkpointing; timm's grad_checkpointing). Time: ours and timm are
+built in one process and their steps interleaved, so a drifting machine speed hits both alike; img/s from the
+median of --repeat steps after --warmup, and the min too. Memory: each configuration in a fresh process;
+CUDA max allocated, or on CPU the peak RSS and its rise over the RSS before the first step (activations,
+gradients, workspace). Ratios: ours/timm speed (>1: ours faster) and memory (<1: ours smaller).
+
+Model mode (FPS of a whole detector or segmentor in inference, like mmdet's benchmark), several configs in
+one run; ``mmdet::`` / ``mmseg::`` name configs shipped inside those packages:
+
+    python tools/benchmark.py model configs/detection/cascade_convnext_t_3x.py \\
+        mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py --size 800 1216
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def _sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def _rss_mib() -> float:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build_backbone(impl: str, arch: str, mode: str):
+    if impl == 'ours':
+        import convnext_backbone  # noqa: F401
+        from convnext_backbone import ConvNeXt
+        return ConvNeXt(arch, with_cp=(mode == 'with_cp'))
+    import timm
+    model = timm.create_model(f'convnext_{arch}', pretrained=False, features_only=True,
+                              out_indices=(0, 1, 2, 3))
+    if mode == 'with_cp':
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def _setup(impl, arch, mode, size, batch, step, dtype, device):
+    torch.manual_seed(0)
+    device = torch.device(device)
+    dtype = getattr(torch, dtype)
+    model = build_backbone(impl, arch, mode).to(device)
+    x = torch.randn(batch, 3, *size, device=device)
+    if mode == 'channels_last':
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    model.train(step == 'train')
+    fn = torch.compile(model) if mode == 'compile' else model
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def run():
+        if step == 'train':
+            with autocast:
+                loss = sum(o.float().mean() for o in fn(x))
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad(), autocast:
+                fn(x)
+        _sync(device)
+    return run
+
+
+def time_backbones(arch, mode, size, batch, step, dtype, device, warmup, repeat, threads) -> dict:
+    """Seconds per step of ours and timm's, interleaved step by step in one process so that drifting
+    machine speed (shared or throttled CPUs) hits both equally; median and min of ``repeat`` steps."""
+    if threads:
+        torch.set_num_threads(threads)
+    runs = {impl: _setup(impl, arch, mode, size, batch, step, dtype, device) for impl in ('ours', 'timm')}
+    times = {impl: [] for impl in runs}
+    for i in range(warmup + repeat):
+        for impl, run in runs.items():
+            start = time.perf_counter()
+            run()
+            if i >= warmup:
+                times[impl].append(time.perf_counter() - start)
+    return {impl: dict(median=statistics.median(t), min=min(t)) for impl, t in times.items()}
+
+
+def measure_memory(impl, arch, mode, size, batch, step, dtype, device, threads) -> dict:
+    """Peak memory of one configuration, in this (fresh) process: CUDA max allocated, or on CPU the peak RSS
+    and its rise over the RSS before the first step (activations, gradients, workspace)."""
+    if threads:
+        torch.set_num_threads(threads)
+    run = _setup(impl, arch, mode, size, batch, step, dtype, device)
+    if device.startswith('cuda'):
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        run()
+        return dict(peak_mib=torch.cuda.max_memory_allocated() / 2**20)
+    before = _rss_mib()
+    run()
+    run()
+    peak = _peak_rss_mib()
+    return dict(peak_mib=peak, rise_mib=peak - before)
+
+
+def _in_subprocess(kind, **kwargs) -> dict:
+    env = dict(os.environ)
+    if kind == 'memory':
+        # A fixed mmap threshold makes glibc return every large freed buffer to the OS at once (by default the
+        # threshold grows after frees and freed activations linger in the heap), so peak RSS tracks the peak
+        # of live tensors, the CPU analogue of CUDA's max allocated.
+        env.setdefault('MALLOC_MMAP_THRESHOLD_', str(1 << 20))
+    out = subprocess.run([sys.executable, __file__, '_one', kind, json.dumps(kwargs)], capture_output=True,
+                         text=True, env=env)
+    if out.returncode:
+        raise RuntimeError(f'{kind} {kwargs} failed:\n{out.stderr[-3000:]}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def cmd_backbone(args):
+    size = args.size if len(args.size) == 2 else args.size * 2
+    common = dict(arch=args.arch, size=size, batch=args.batch, step=args.step, dtype=args.dtype,
+                  device=args.device, threads=args.threads)
+    print(f'ConvNeXt-{args.arch} {args.step} step, batch {args.batch}, {size[0]}x{size[1]}, {args.dtype}, '
+          f'{args.device}, {args.threads or torch.get_num_threads()} threads; time: ours and timm interleaved, '
+          f'{args.repeat} steps after {args.warmup} warm-up')
+    cuda = args.device.startswith('cuda')
+    memory = 'peak MiB (max allocated)' if cuda else 'peak RSS MiB (rise)'
+    print(f'{"mode":<14} {"impl":<5} {"img/s":>8} {"s/step":>8} {"min s":>8} {memory:>24}  ours/timm: speed, memory')
+    results = {}
+    for mode in args.modes:
+        timing = _in_subprocess('time', mode=mode, warmup=args.warmup, repeat=args.repeat, **common)
+        for impl in ('ours', 'timm'):
+            r = dict(timing[impl], **_in_subprocess('memory', impl=impl, mode=mode, **common))
+            r['img_s'] = args.batch / r['median']
+            results[impl, mode] = r
+            mem_key = 'peak_mib' if cuda else 'rise_mib'
+            mem = f'{r["peak_mib"]:.0f}' + ('' if cuda else f' ({r["rise_mib"]:.0f})')
+            line = f'{mode:<14} {impl:<5} {r["img_s"]:>8.2f} {r["median"]:>8.3f} {r["min"]:>8.3f} {mem:>24}'
+            if impl == 'timm':
+                ours = results['ours', mode]
+                line += (f'  {r["median"] / ours["median"]:.2f}x (min {r["min"] / ours["min"]:.2f}x), '
+                         f'{ours[mem_key] / max(r[mem_key], 1e-9):.2f}x')
+            print(line, flush=True)
+    if {'with_cp', 'eager'} <= set(args.modes) and args.step == 'train':
+        cp, eager = results['ours', 'with_cp'], results['ours', 'eager']
+        key = 'peak_mib' if cuda else 'rise_mib'
+        print(f'ours with_cp / eager: memory {cp[key] / eager[key]:.2f}x, time {cp["median"] / eager["median"]:.2f}x')
+    return results
+
+
+# --- whole models --------------------------------------------------------------------------------------
+
+def load_config(path: str):
+    from mmengine.config import Config
+    if '::' in path:  # mmdet::cascade_rcnn/... -> the config shipped inside the package
+        import importlib
+        package, rel = path.split('::', 1)
+        root = os.path.dirname(importlib.import_module(package).__file__)
+        path = os.path.join(root, '.mim', 'configs', rel)
+    return Config.fromfile(path)
+
+
+def build_model_from_config(cfg):
+    """Build a detector or segmentor from a config, random weights, eval mode, no pretrained download."""
+    import convnext_backbone  # noqa: F401
+    from mmengine.registry import init_default_scope
+    scope = cfg.get('default_scope', 'mmdet')
+    init_default_scope(scope)
+    if scope == 'mmseg':
+        from mmseg.registry import MODELS
+    else:
+        from mmdet.registry import MODELS
+    model_cfg = cfg.model.copy()
+    model_cfg.get('backbone', {}).pop('init_cfg', None)
+    model_cfg.pop('init_cfg', None)
+    _revert_sync_bn(model_cfg)
+    model = MODELS.build(model_cfg)
+    return model.eval(), scope
+
+
+def _revert_sync_bn(cfg):
+    """SyncBN needs a process group; for a single-process benchmark / FLOPs count use plain BN."""
+    if isinstance(cfg, dict):
+        if cfg.get('type') == 'SyncBN':
+            cfg['type'] = 'BN'
+        for value in cfg.values():
+            _revert_sync_bn(value)
+    elif isinstance(cfg, (list, tuple)):
+        for value in cfg:
+            _revert_sync_bn(value)
+
+
+def dummy_batch(scope: str, size, device):
+    """One image + data sample of the given size, as the model's data preprocessor expects."""
+    h, w = size
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0),
+                batch_input_shape=(h, w))
+    if scope == 'mmseg':
+        from mmseg.structures import SegDataSample
+        sample = SegDataSample(metainfo=meta)
+    else:
+        from mmdet.structures import DetDataSample
+        sample = DetDataSample(metainfo=meta)
+    return dict(inputs=[image], data_samples=[sample])
+
+
+def cmd_model(args):
+    size = args.size if len(args.size) == 2 else args.size * 2
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f'inference FPS at {size[0]}x{size[1]}, batch 1, {device}, median of {args.repeat} after {args.warmup}')
+    for path in args.configs:
+        cfg = load_config(path)
+        model, scope = build_model_from_config(cfg)
+        model = model.to(device)
+        batch = dummy_batch(scope, size, device)
+        times = []
+        with torch.no_grad():
+            for i in range(args.warmup + args.repeat):
+                _sync(device)
+                start = time.perf_counter()
+                model.test_step(batch)
+                _sync(device)
+                if i >= args.warmup:
+                    times.append(time.perf_counter() - start)
+        median = statistics.median(times)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f'{path}: {1 / median:.3f} FPS ({median:.3f} s/img), {params:.1f}M params', flush=True)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command', required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument('--size', type=int, nargs='+', default=[224], help='H [W]')
+    common.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    common.add_argument('--warmup', type=int, default=2)
+    common.add_argument('--repeat', type=int, default=5)
+    common.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: torch default)')
+    bb = sub.add_parser('backbone', parents=[common], help='ours vs timm backbone')
+    bb.add_argument('--arch', default='tiny')
+    bb.add_argument('--batch', type=int, default=8)
+    bb.add_argument('--step', choices=['train', 'forward'], default='train')
+    bb.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'], default='float32')
+    bb.add_argument('--modes', nargs='+', default=['eager'],
+                    choices=['eager', 'channels_last', 'compile', 'with_cp'])
+    md = sub.add_parser('model', parents=[common], help='whole detector / segmentor FPS')
+    md.add_argument('configs', nargs='+')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == '_one':  # internal: one measurement in a fresh process
+        fn = time_backbones if argv[1] == 'time' else measure_memory
+        print(json.dumps(fn(**json.loads(argv[2]))))
+        return
+    args = parse_args(argv)
+    return cmd_backbone(args) if args.command == 'backbone' else cmd_model(args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,72 @@
+"""Parameters and FLOPs (multiply-accumulates, the paper's convention) of a ConvNeXt backbone or a whole model.
+
+    python tools/get_flops.py --arch tiny --size 224                      # backbone, 224x224
+    python tools/get_flops.py --config configs/detection/mask_rcnn_convnext_t_3x.py --size 800 1280
+    python tools/get_flops.py --config configs/segmentation/upernet_convnext_t_512_160k_ade20k.py --size 512 2048
+
+--size is H W (the paper's "1280x800" is W x H: --size 800 1280). Counted with torch's FlopCounterMode at
+dispatch level: convolutions, matrix multiplies and attention, as fvcore does; one MAC = one FLOP of the
+paper. Detectors run in mmdet's 'tensor' mode (RPN proposals, box head on them, mask head on the first 100),
+segmentors in whole-image 'tensor' mode, as mmdet's / mmseg's get_flops do.
+"""
+import argparse
+import os
+import sys
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark import build_model_from_config, dummy_batch, load_config  # noqa: E402
+
+from convnext_backbone import ConvNeXt  # noqa: E402
+from convnext_backbone.convnext import plain_ops  # noqa: E402
+
+
+def count_macs(fn) -> float:
+    """MACs of everything ``fn()`` runs (FlopCounterMode counts 2 FLOPs per multiply-accumulate)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), plain_ops(), counter:
+        fn()
+    return counter.get_total_flops() / 2
+
+
+def backbone_complexity(arch, size, **kwargs):
+    model = ConvNeXt(arch, **kwargs).eval()
+    x = torch.zeros(1, 3, *size)
+    params = sum(p.numel() for p in model.parameters())
+    return count_macs(lambda: model(x)), params
+
+
+def model_complexity(config, size):
+    cfg = load_config(config) if isinstance(config, str) else config
+    model, scope = build_model_from_config(cfg)
+    batch = model.data_preprocessor(dummy_batch(scope, size, 'cpu'), False)
+    params = sum(p.numel() for p in model.parameters())
+    backbone_params = sum(p.numel() for p in model.backbone.parameters())
+
+    def run():
+        model(batch['inputs'], batch['data_samples'], mode='tensor')
+    return count_macs(run), params, backbone_params
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--arch', default='tiny', help='backbone arch (ignored with --config)')
+    parser.add_argument('--config', help='a detector / segmentor config (mmdet::, mmseg:: for packaged ones)')
+    parser.add_argument('--size', type=int, nargs='+', default=[224], help='H [W]')
+    args = parser.parse_args(argv)
+    size = args.size if len(args.size) == 2 else args.size * 2
+    if args.config:
+        macs, params, backbone = model_complexity(args.config, size)
+        print(f'{args.config} at {size[0]}x{size[1]} (HxW): FLOPs {macs / 1e9:.1f}G, params {params / 1e6:.1f}M '
+              f'(backbone {backbone / 1e6:.1f}M)')
+    else:
+        macs, params = backbone_complexity(args.arch, size)
+        print(f'ConvNeXt-{args.arch} backbone at {size[0]}x{size[1]}: FLOPs {macs / 1e9:.2f}G, '
+              f'params {params / 1e6:.1f}M')
+    return macs
+
+
+if __name__ == '__main__':
+    main()
