@@ -26,8 +26,8 @@ def _numpy_globals():
             continue
         names += [(getattr(mod, '_reconstruct'), f'{module}._reconstruct'),
                   (getattr(mod, 'scalar'), f'{module}.scalar')]
-    dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32,
-                                            np.int8, np.uint8, np.bool_)}
+    # every plain numeric / bool dtype class (data descriptions, no code): e.g. numpy's RNG state is uint32
+    dtypes = {type(np.dtype(code)) for code in '?bBhHiIlLqQefdgFDG'}
     return names + [np.ndarray, np.dtype] + sorted(dtypes, key=lambda t: t.__name__)
 
 

@@ -33,6 +33,9 @@ import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import build_model_from_config, dummy_batch, load_config  # noqa: E402
+
 
 def _sync(device):
     if device.type == 'cuda':
@@ -168,61 +171,6 @@ def cmd_backbone(args):
 
 
 # --- whole models --------------------------------------------------------------------------------------
-
-def load_config(path: str):
-    from mmengine.config import Config
-    if '::' in path:  # mmdet::cascade_rcnn/... -> the config shipped inside the package
-        import importlib
-        package, rel = path.split('::', 1)
-        root = os.path.dirname(importlib.import_module(package).__file__)
-        path = os.path.join(root, '.mim', 'configs', rel)
-    return Config.fromfile(path)
-
-
-def build_model_from_config(cfg):
-    """Build a detector or segmentor from a config, random weights, eval mode, no pretrained download."""
-    import convnext_backbone  # noqa: F401
-    from mmengine.registry import init_default_scope
-    scope = cfg.get('default_scope', 'mmdet')
-    init_default_scope(scope)
-    if scope == 'mmseg':
-        from mmseg.registry import MODELS
-    else:
-        from mmdet.registry import MODELS
-    model_cfg = cfg.model.copy()
-    model_cfg.get('backbone', {}).pop('init_cfg', None)
-    model_cfg.pop('init_cfg', None)
-    _revert_sync_bn(model_cfg)
-    model = MODELS.build(model_cfg)
-    return model.eval(), scope
-
-
-def _revert_sync_bn(cfg):
-    """SyncBN needs a process group; for a single-process benchmark / FLOPs count use plain BN."""
-    if isinstance(cfg, dict):
-        if cfg.get('type') == 'SyncBN':
-            cfg['type'] = 'BN'
-        for value in cfg.values():
-            _revert_sync_bn(value)
-    elif isinstance(cfg, (list, tuple)):
-        for value in cfg:
-            _revert_sync_bn(value)
-
-
-def dummy_batch(scope: str, size, device):
-    """One image + data sample of the given size, as the model's data preprocessor expects."""
-    h, w = size
-    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
-    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0),
-                batch_input_shape=(h, w))
-    if scope == 'mmseg':
-        from mmseg.structures import SegDataSample
-        sample = SegDataSample(metainfo=meta)
-    else:
-        from mmdet.structures import DetDataSample
-        sample = DetDataSample(metainfo=meta)
-    return dict(inputs=[image], data_samples=[sample])
-
 
 def cmd_model(args):
     size = args.size if len(args.size) == 2 else args.size * 2

@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark import build_model_from_config, dummy_batch, load_config  # noqa: E402
+from common import build_model_from_config, dummy_batch, load_config  # noqa: E402
 
 from convnext_backbone import ConvNeXt  # noqa: E402
 from convnext_backbone.convnext import plain_ops  # noqa: E402

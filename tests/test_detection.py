@@ -1,0 +1,255 @@
+"""Detection: every shipped config builds and trains, the paper's hyperparameters, train/test/dist tools end
+to end on a synthetic COCO set, exact resume, stock mmdet configs, official fine-tuned checkpoints."""
+import glob
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+sys.path.insert(0, os.path.join(ROOT, 'tools'))
+import synthetic_coco  # noqa: E402
+import test as test_tool  # noqa: E402
+import train as train_tool  # noqa: E402
+from common import adapt_to_machine, load_config, revert_sync_bn  # noqa: E402
+
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'detection', '*.py')))
+SMALL = dict(depths=[1, 1, 2, 1], channels=[16, 32, 48, 64])
+URL = 'https://dl.fbaipublicfiles.com/convnext/'
+
+
+def _random_batch(size=128, num_classes=80):
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
+                                         scale_factor=(1.0, 1.0), batch_input_shape=(size, size)))
+    boxes = torch.tensor([[10.0, 12.0, 70.0, 60.0], [40.0, 50.0, 120.0, 118.0]])
+    masks = torch.zeros(2, size, size, dtype=torch.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+        masks[i, y1:y2, x1:x2] = 1
+    sample.gt_instances = InstanceData(bboxes=boxes, labels=torch.tensor([1, num_classes - 1]),
+                                       masks=BitmapMasks(masks.numpy(), size, size))
+    return dict(inputs=[torch.randint(0, 256, (3, size, size), dtype=torch.uint8)], data_samples=[sample])
+
+
+def _shrink(cfg):
+    cfg.model.backbone.arch = SMALL
+    cfg.model.backbone.pop('init_cfg', None)
+    cfg.model.neck.in_channels = SMALL['channels']
+
+
+def _one_train_step(cfg):
+    from mmdet.registry import MODELS
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    adapt_to_machine(cfg)
+    revert_sync_bn(cfg.model)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    before = model.backbone.stages[3][0].pwconv1.weight.detach().clone()
+    log_vars = model.train_step(_random_batch(), optim_wrapper)
+    assert math.isfinite(float(log_vars['loss'])) and float(log_vars['loss']) > 0
+    assert {'loss_rpn_cls', 'loss_mask'} <= {k.split('.')[-1] for k in log_vars} | set(log_vars)
+    assert not torch.equal(before, model.backbone.stages[3][0].pwconv1.weight)
+    return model, optim_wrapper
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
+def test_config_builds_and_trains_one_step(path):
+    cfg = load_config(path)
+    _shrink(cfg)
+    _one_train_step(cfg)
+
+
+PAPER = {  # config: (detector, arch, drop_path, lr, decay, num_layers, amp, checkpoint)
+    'mask_rcnn_convnext_t_3x': ('MaskRCNN', 'tiny', 0.4, 1e-4, 0.95, 6, True, 'convnext_tiny_1k_224.pth'),
+    'cascade_convnext_t_3x': ('CascadeRCNN', 'tiny', 0.4, 2e-4, 0.7, 6, True, 'convnext_tiny_1k_224.pth'),
+    'cascade_convnext_s_3x': ('CascadeRCNN', 'small', 0.6, 2e-4, 0.7, 12, True, 'convnext_small_1k_224.pth'),
+    'cascade_convnext_b_3x': ('CascadeRCNN', 'base', 0.7, 2e-4, 0.8, 12, True, 'convnext_base_1k_224.pth'),
+    'cascade_convnext_b_3x_in22k': ('CascadeRCNN', 'base', 0.6, 1e-4, 0.8, 12, True, 'convnext_base_22k_224.pth'),
+    'cascade_convnext_l_3x_in22k': ('CascadeRCNN', 'large', 0.7, 1e-4, 0.7, 12, False,
+                                    'convnext_large_22k_224.pth'),
+    'cascade_convnext_xl_3x_in22k': ('CascadeRCNN', 'xlarge', 0.8, 1e-4, 0.7, 12, False,
+                                     'convnext_xlarge_22k_224.pth'),
+    'mask_rcnn_convnextv2_b_3x': ('MaskRCNN', 'base', 0.4, 1e-4, 0.8, 12, True,
+                                  'convnextv2/im1k/convnextv2_base_1k_224_ema.pt'),
+}
+
+
+def test_every_config_is_in_the_table():
+    assert sorted(PAPER) == sorted(os.path.basename(p)[:-3] for p in CONFIGS)
+
+
+@pytest.mark.parametrize('name', sorted(PAPER))
+def test_paper_hyperparameters(name):
+    from convnext_backbone import ARCH_SETTINGS
+    detector, arch, drop_path, lr, decay, num_layers, amp, checkpoint = PAPER[name]
+    cfg = load_config(os.path.join(ROOT, 'configs', 'detection', name + '.py'))
+    backbone, optim = cfg.model.backbone, cfg.optim_wrapper
+    assert cfg.custom_imports['imports'] == ['convnext_backbone']
+    assert (cfg.model.type, backbone.type, backbone.arch, backbone.drop_path_rate) == (detector, 'ConvNeXt', arch,
+                                                                                       drop_path)
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=URL + checkpoint)
+    assert cfg.model.neck.in_channels == ARCH_SETTINGS[arch][1]
+    assert optim.constructor == 'ConvNeXtLayerDecayOptimizerConstructor'
+    assert optim.type == ('AmpOptimWrapper' if amp else 'OptimWrapper')
+    assert optim.optimizer == dict(type='AdamW', lr=lr, betas=(0.9, 0.999), weight_decay=0.05)
+    assert optim.paramwise_cfg == dict(decay_rate=decay, decay_type='layer_wise', num_layers=num_layers)
+    assert cfg.train_cfg.max_epochs == 36 and cfg.train_dataloader.batch_size == 2
+    assert cfg.auto_scale_lr.base_batch_size == 16
+    steps = [s for s in cfg.param_scheduler if s.type == 'MultiStepLR'][0]
+    assert steps.milestones == [27, 33] and steps.gamma == 0.1
+    warmup = [s for s in cfg.param_scheduler if s.type == 'LinearLR'][0]
+    assert (warmup.end, warmup.start_factor, warmup.by_epoch) == (1000, 0.001, False)
+    choices = [t for t in cfg.train_pipeline if t['type'] == 'RandomChoice'][0]['transforms']
+    assert choices[1][1]['type'] == 'RandomCrop' and choices[1][1]['crop_size'] == (384, 600)
+    if v2 := name.startswith('mask_rcnn_convnextv2'):
+        assert backbone.use_grn and backbone.layer_scale_init_value == 0
+    else:
+        assert backbone.layer_scale_init_value == 1.0
+    if detector == 'CascadeRCNN':
+        heads = cfg.model.roi_head.bbox_head
+        assert len(heads) == 3 and not v2
+        for head in heads:
+            assert (head.num_shared_convs, head.num_shared_fcs, head.norm_cfg.type, head.loss_bbox.type) == \
+                (4, 1, 'SyncBN', 'GIoULoss')
+            assert head.reg_decoded_bbox
+
+
+# --- end to end on synthetic data ----------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def coco(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('shapes_coco'))
+    synthetic_coco.make_coco(root, num_train=8, num_val=4, size=128)
+    return root
+
+
+def _tiny_config(tmp_path, coco, base='mask_rcnn_convnext_t_3x.py', epochs=1, drop_path=0.1):
+    """A config file inheriting a shipped one: small backbone, 128 px, 3 classes, CPU-sized loaders."""
+    base = os.path.join(ROOT, 'configs', 'detection', base)
+    path = tmp_path / 'tiny.py'
+    pipeline = ("[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=True),"
+                " dict(type='Resize', scale=(128, 128), keep_ratio=True), dict(type='RandomFlip', prob=0.5),"
+                " dict(type='PackDetInputs')]")
+    test_pipeline = ("[dict(type='LoadImageFromFile'), dict(type='Resize', scale=(128, 128), keep_ratio=True),"
+                     " dict(type='LoadAnnotations', with_bbox=True, with_mask=True), dict(type='PackDetInputs',"
+                     " meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]")
+    path.write_text(f'''
+_base_ = {base!r}
+model = dict(backbone=dict(arch=dict(_delete_=True, **{SMALL!r}), drop_path_rate={drop_path}, init_cfg=None),
+             neck=dict(in_channels={SMALL['channels']!r}),
+             roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)))
+train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
+                        dataset=dict(pipeline={pipeline}))
+val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline={test_pipeline}))
+test_dataloader = val_dataloader
+train_cfg = dict(max_epochs={epochs}, val_interval=100)
+param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=3),
+                   dict(type='MultiStepLR', begin=0, end={epochs}, by_epoch=True, milestones=[1], gamma=0.5)]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
+randomness = dict(seed=0)
+''')
+    cfg = load_config(str(path))
+    cfg.merge_from_dict({k: v for k, v in synthetic_coco.dataset_cfg_options(coco, 128).items()
+                         if not k.startswith('model.')})
+    cfg.dump(str(path))  # one self-contained file for the tools
+    return str(path)
+
+
+def _losses(work_dir):
+    logs = sorted(glob.glob(os.path.join(work_dir, '*', 'vis_data', 'scalars.json')))
+    rows = [json.loads(line) for log in logs for line in open(log)]
+    return {r['iter']: (r['loss'], r['lr']) for r in rows if 'loss' in r}
+
+
+def test_train_then_test_tools_end_to_end(tmp_path, coco):
+    cfg = _tiny_config(tmp_path, coco)
+    work_dir = str(tmp_path / 'work')
+    train_tool.main([cfg, '--work-dir', work_dir])
+    checkpoint = os.path.join(work_dir, 'epoch_1.pth')
+    assert os.path.exists(checkpoint) and len(_losses(work_dir)) == 4
+    metrics = test_tool.main([cfg, checkpoint, '--work-dir', work_dir, '--out', str(tmp_path / 'preds.pkl'),
+                              '--show-dir', str(tmp_path / 'vis')])
+    assert {'coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'} <= set(metrics)
+    # COCO reports -1 for an area range without ground truth (large objects in 128 px images)
+    assert all(metrics[k] == -1.0 or 0.0 <= metrics[k] <= 1.0 for k in metrics if k.startswith('coco/'))
+    assert os.path.getsize(tmp_path / 'preds.pkl') > 0
+    assert len(glob.glob(str(tmp_path / 'vis' / '**' / '*.jpg'), recursive=True)) == 4
+    assert json.load(open(os.path.join(work_dir, 'metrics.json')))['coco/bbox_mAP'] == metrics['coco/bbox_mAP']
+
+
+def test_resume_continues_exactly(tmp_path, coco):
+    cfg = _tiny_config(tmp_path, coco, epochs=2, drop_path=0.2)  # drop path: RNG state must carry over
+    straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
+    train_tool.main([cfg, '--work-dir', straight])
+    # the same run killed after its first checkpoint...
+    train_tool.main([cfg, '--work-dir', interrupted, '--cfg-options', 'train_cfg.max_epochs=1'])
+    state = torch.load(os.path.join(interrupted, 'epoch_1.pth'), weights_only=True)  # safe loading works
+    assert state['meta']['iter'] == 4 and state['optimizer']['state'] and state['param_schedulers']
+    # ...resumed from it
+    runner = train_tool.main([cfg, '--work-dir', interrupted, '--resume'])
+    assert runner.iter == 8 and runner.epoch == 2
+    expected, resumed = _losses(straight), _losses(interrupted)
+    assert sorted(resumed) == list(range(1, 9)), sorted(glob.glob(interrupted + '/**', recursive=True))  # iteration count continued from 5
+    for it in range(5, 9):
+        assert resumed[it][1] == pytest.approx(expected[it][1])  # scheduler state (lr) restored
+        assert resumed[it][0] == pytest.approx(expected[it][0], rel=1e-4, abs=1e-5), it
+
+
+def test_dist_train_two_cpu_processes(tmp_path, coco):
+    cfg = _tiny_config(tmp_path, coco)
+    work_dir = str(tmp_path / 'dist')
+    env = dict(os.environ, PORT='29531', OMP_NUM_THREADS='1')
+    out = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'dist_train.sh'), cfg, '2', '--work-dir', work_dir,
+                          ], capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    log = open(glob.glob(os.path.join(work_dir, '*', '*.log'))[0]).read()
+    # torchrun exits 0 only when every rank did; mmengine logs the world size as 'GPU number'
+    assert 'GPU number: 2' in log and "dist_cfg: {'backend': 'gloo'}" in log and 'Epoch(train) [1][2/2]' in log
+    assert os.path.exists(os.path.join(work_dir, 'epoch_1.pth'))
+    assert max(_losses(work_dir)) == 2  # 8 images / (2 processes x 2 images)
+
+
+@pytest.mark.parametrize('name', ['mask-rcnn_convnext-t-p4-w7_fpn_amp-ms-crop-3x_coco.py',
+                                  'cascade-mask-rcnn_convnext-t-p4-w7_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py'])
+def test_stock_mmdet_convnext_configs_run_with_our_backbone(name):
+    cfg = load_config('mmdet::convnext/' + name, import_custom_modules=False)
+    assert cfg.model.backbone.type == 'mmpretrain.ConvNeXt'
+    cfg.pop('custom_imports')
+    cfg.model.backbone.type = 'ConvNeXt'  # the only change a user makes
+    cfg.model.backbone.pop('init_cfg')  # no downloads in tests
+    _one_train_step(cfg)
+
+
+def test_official_finetuned_checkpoint_loads_into_our_detector(tmp_path):
+    """An official (mmdet-2 era) Mask R-CNN checkpoint, and an mmdet-3 model-zoo one (mmpretrain layout)."""
+    from mmdet.registry import MODELS
+    from mmengine.registry import init_default_scope
+    from mmengine.runner import load_checkpoint
+    from reference_convnext import OfficialConvNeXt, randomize_
+    init_default_scope('mmdet')
+    cfg = load_config(os.path.join(ROOT, 'configs', 'detection', 'mask_rcnn_convnext_t_3x.py'))
+    _shrink(cfg)
+    model = MODELS.build(cfg.model)
+    official = randomize_(OfficialConvNeXt(depths=SMALL['depths'], dims=SMALL['channels']))
+    heads = {k: torch.randn_like(v) for k, v in model.state_dict().items() if not k.startswith('backbone.')}
+    backbone = {'backbone.' + k: v for k, v in official.state_dict().items()}
+    torch.save({'state_dict': {**backbone, **heads}, 'meta': {'mmdet_version': '2.25.0', 'CLASSES': ['a'] * 80}},
+               tmp_path / 'official.pth')
+    zoo = {k.replace('.dwconv.', '.depthwise_conv.').replace('.pwconv1.', '.pointwise_conv1.')
+           .replace('.pwconv2.', '.pointwise_conv2.'): v for k, v in backbone.items()}
+    torch.save({'state_dict': {**zoo, **heads}}, tmp_path / 'zoo.pth')
+    for name in ('official.pth', 'zoo.pth'):
+        for p in model.parameters():
+            torch.nn.init.zeros_(p)
+        load_checkpoint(model, str(tmp_path / name), strict=True)  # raises on any missing / unexpected key
+        for key, value in {**backbone, **heads}.items():
+            assert torch.equal(model.state_dict()[key], value), (name, key)

@@ -1,0 +1,119 @@
+"""Helpers shared by the tools: config loading, adapting a config to the machine, dummy inputs."""
+from __future__ import annotations
+
+import importlib
+import os
+import time
+
+import torch
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+import convnext_backbone  # noqa: F401  (registers our modules; allow-lists mmengine checkpoints for resume)
+
+
+def load_config(path: str, cfg_options: dict | None = None, import_custom_modules: bool = True) -> Config:
+    """Read a config; ``mmdet::path`` / ``mmseg::path`` name configs shipped inside those packages.
+    ``import_custom_modules=False`` reads one whose ``custom_imports`` are not installed (e.g. mmpretrain)."""
+    if '::' in path:
+        package, rel = path.split('::', 1)
+        package = {'mmsegmentation': 'mmseg'}.get(package, package)
+        path = os.path.join(os.path.dirname(importlib.import_module(package).__file__), '.mim', 'configs', rel)
+    cfg = Config.fromfile(path, import_custom_modules=import_custom_modules)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def _replace_types(cfg, old: str, new: str) -> int:
+    count = 0
+    if isinstance(cfg, dict):
+        if cfg.get('type') == old:
+            cfg['type'] = new
+            count += 1
+        for value in cfg.values():
+            count += _replace_types(value, old, new)
+    elif isinstance(cfg, (list, tuple)):
+        for value in cfg:
+            count += _replace_types(value, old, new)
+    return count
+
+
+def revert_sync_bn(cfg) -> int:
+    """SyncBN needs CUDA (and a process group): use plain BN. Returns how many were replaced."""
+    return _replace_types(cfg, 'SyncBN', 'BN')
+
+
+def adapt_to_machine(cfg: Config, distributed: bool = False) -> list[str]:
+    """Make a GPU recipe run on a machine without CUDA, changing only what cannot run there.
+
+    SyncBN -> BN, AmpOptimWrapper -> OptimWrapper (mmengine's AMP wrapper needs a GPU), gloo instead of
+    nccl, and DDP without device_ids. Returns the list of changes (also logged)."""
+    if torch.cuda.is_available():
+        return []
+    changes = []
+    if revert_sync_bn(cfg.model):
+        changes.append('SyncBN -> BN')
+    optim_wrapper = cfg.get('optim_wrapper')
+    if optim_wrapper is not None and optim_wrapper.get('type') == 'AmpOptimWrapper':
+        optim_wrapper['type'] = 'OptimWrapper'
+        for key in ('loss_scale', 'dtype', 'use_fsdp'):
+            optim_wrapper.pop(key, None)
+        changes.append('AmpOptimWrapper -> OptimWrapper (fp32)')
+    if distributed:
+        cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = 'gloo'
+        wrapper = dict(cfg.get('model_wrapper_cfg') or {})
+        wrapper.setdefault('type', 'MMDistributedDataParallel')
+        wrapper.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+        wrapper['device_ids'] = None  # DDP of a CPU module (mmengine would pass [LOCAL_RANK])
+        cfg.model_wrapper_cfg = wrapper
+        changes.append('distributed backend gloo, DDP on CPU')
+    if changes:
+        print_log(f'No CUDA on this machine: {"; ".join(changes)}', logger='current')
+    return changes
+
+
+def unique_visualizer(cfg: Config) -> None:
+    """mmdet / mmseg name their visualizer 'visualizer', a process-wide instance: a second run in the same
+    process (a notebook, a sweep, the tests) would log into the first run's directory. Name it per run."""
+    if cfg.get('visualizer') is not None:
+        cfg.visualizer.name = f'visualizer_{os.getpid()}_{time.time_ns()}'
+
+
+def init_cpu_process_group():
+    """For launchers on a machine without CUDA: start the gloo process group before mmengine would try
+    torch.cuda.set_device (mmengine skips its own init when one exists)."""
+    if not torch.cuda.is_available() and not torch.distributed.is_initialized() and 'RANK' in os.environ:
+        torch.distributed.init_process_group(backend='gloo')
+
+
+def build_model_from_config(cfg):
+    """A detector or segmentor from a config: random weights, no pretrained download, eval mode."""
+    from mmengine.registry import init_default_scope
+    scope = cfg.get('default_scope', 'mmdet')
+    init_default_scope(scope)
+    if scope == 'mmseg':
+        from mmseg.registry import MODELS
+    else:
+        from mmdet.registry import MODELS
+    model_cfg = cfg.model.copy()
+    if isinstance(model_cfg.get('backbone'), dict):
+        model_cfg['backbone'].pop('init_cfg', None)
+    model_cfg.pop('init_cfg', None)
+    revert_sync_bn(model_cfg)
+    return MODELS.build(model_cfg).eval(), scope
+
+
+def dummy_batch(scope: str, size, device='cpu'):
+    """One random uint8 image of ``size`` (H, W) with its data sample, as models' data preprocessors take."""
+    h, w = size
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, device=device)
+    meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0),
+                batch_input_shape=(h, w))
+    if scope == 'mmseg':
+        from mmseg.structures import SegDataSample
+        sample = SegDataSample(metainfo=meta)
+    else:
+        from mmdet.structures import DetDataSample
+        sample = DetDataSample(metainfo=meta)
+    return dict(inputs=[image], data_samples=[sample])

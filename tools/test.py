@@ -1,0 +1,88 @@
+"""Evaluate a trained detector (COCO box / mask AP) or segmentor (mIoU, mAcc, aAcc).
+
+    python tools/test.py CONFIG CHECKPOINT                      # metrics as the config's test_evaluator says
+    python tools/test.py CONFIG CHECKPOINT --out results.pkl    # detection: raw predictions (pickle)
+    python tools/test.py CONFIG CHECKPOINT --out preds/         # segmentation: prediction PNGs in a folder
+    python tools/test.py CONFIG CHECKPOINT --show-dir vis/      # images with predictions drawn
+    python tools/test.py CONFIG CHECKPOINT --tta                # multi-scale + flip (the config's tta_pipeline)
+    bash tools/dist_test.sh CONFIG CHECKPOINT 8
+
+Prints the metrics and writes them to <work_dir>/metrics.json.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from common import adapt_to_machine, init_cpu_process_group, load_config, unique_visualizer  # noqa: E402
+
+from mmengine.config import DictAction  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('--work-dir')
+    parser.add_argument('--out', help='detection: pickle file of predictions; segmentation: folder of PNGs')
+    parser.add_argument('--show-dir', help='write images with predictions drawn to this folder')
+    parser.add_argument('--tta', action='store_true', help="test-time augmentation from the config's "
+                                                           'tta_model / tta_pipeline (multi-scale + flip)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def build_runner(args) -> Runner:
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg.load_from = args.checkpoint
+    segmentation = cfg.get('default_scope') == 'mmseg'
+    if args.show_dir:
+        hook = cfg.default_hooks.visualization
+        hook.draw = True
+        if segmentation:
+            hook.interval = 1
+            cfg.visualizer.save_dir = args.show_dir
+        else:
+            hook.test_out_dir = osp.abspath(args.show_dir)
+    if args.out:
+        if segmentation:
+            cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
+        else:
+            evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
+            cfg.test_evaluator = list(evaluators) + [dict(type='DumpDetResults', out_file_path=args.out)]
+    if args.tta:
+        if 'tta_model' not in cfg or 'tta_pipeline' not in cfg:
+            raise SystemExit(f'{args.config} defines no tta_model / tta_pipeline, so --tta cannot be used.')
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    adapt_to_machine(cfg, distributed=args.launcher != 'none')
+    unique_visualizer(cfg)
+    if args.launcher != 'none':
+        init_cpu_process_group()
+    return Runner.from_cfg(cfg)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    runner = build_runner(args)
+    metrics = runner.test()
+    if runner.rank == 0:
+        print(json.dumps(metrics, indent=1, default=float))
+        with open(osp.join(runner.work_dir, 'metrics.json'), 'w') as f:
+            json.dump(metrics, f, indent=1, default=float)
+    return metrics
+
+
+if __name__ == '__main__':
+    main()
