@@ -33,7 +33,10 @@ def _numpy_globals():
 
 def history_buffer_getattr(obj, name):
     """The only ``getattr`` a safely loaded pickle may call: HistoryBuffer's statistics methods."""
-    if obj is HistoryBuffer and name in HistoryBuffer._statistics_methods and hasattr(HistoryBuffer, name):
+    # The built-in four are listed explicitly: mmengine fills _statistics_methods only when the first
+    # HistoryBuffer is created, which a fresh process that just loads a checkpoint has not done yet.
+    allowed = {'min', 'max', 'current', 'mean'} | set(HistoryBuffer._statistics_methods)
+    if obj is HistoryBuffer and name in allowed and hasattr(HistoryBuffer, name):
         return getattr(HistoryBuffer, name)
     raise pickle.UnpicklingError(f'weights_only load refused getattr({obj!r}, {name!r}): only HistoryBuffer '
                                  'statistics methods are allow-listed (see convnext_backbone.safe_load).')

@@ -80,6 +80,21 @@ def test_mmengine_checkpoint_metadata_loads_with_weights_only(tmp_path):
         torch.load(tmp_path / 'gadget.pth', weights_only=True)
 
 
+def test_mmengine_checkpoint_loads_in_a_fresh_process(tmp_path):
+    """What `tools/test.py CONFIG CKPT` does: no HistoryBuffer exists yet in the loading process."""
+    import subprocess
+    import sys
+    from mmengine.logging import MessageHub
+    hub = MessageHub.get_instance('test_fresh_process')
+    hub.update_scalar('train/loss', 0.5)
+    torch.save({'meta': {'message_hub': hub.state_dict()}, 'state_dict': {}}, tmp_path / 'ckpt.pth')
+    code = ('import torch, convnext_backbone; '
+            f'c = torch.load({str(tmp_path / "ckpt.pth")!r}, weights_only=True); '
+            "print(c['meta']['message_hub']['log_scalars']['train/loss'].current())")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip().endswith('0.5'), out.stderr[-2000:]
+
+
 class _GetattrGadget:
     """Pickles as getattr(numpy.ndarray, 'tofile'): what an attacker would use to write files."""
 

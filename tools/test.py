@@ -56,7 +56,7 @@ def build_runner(args) -> Runner:
             hook.test_out_dir = osp.abspath(args.show_dir)
     if args.out:
         if segmentation:
-            cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
+            cfg.test_evaluator.update(output_dir=args.out)
         else:
             evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else [cfg.test_evaluator]
             cfg.test_evaluator = list(evaluators) + [dict(type='DumpDetResults', out_file_path=args.out)]
