@@ -40,3 +40,37 @@ def test_backbone_flops_match_the_paper(arch, expected):
 
 def test_get_flops_cli():
     assert re.search(r'ConvNeXt-atto backbone at 224x224: FLOPs 0\.55G, params 3\.4M', _run('get_flops.py', '--arch', 'atto'))
+
+
+def test_analyze_logs_plots_and_times(tmp_path):
+    import json as _json
+    log = tmp_path / 'scalars.json'
+    rows = [dict(lr=1e-4 * (i + 1), loss=2.0 / (i + 1), time=0.5 + 0.1 * (i % 2), iter=i + 1, step=i + 1)
+            for i in range(12)] + [{'coco/bbox_mAP': 0.25, 'step': 12}]
+    log.write_text('\n'.join(_json.dumps(r) for r in rows))
+    out = _run('analyze_logs.py', str(log), '--keys', 'loss', 'lr', 'coco/bbox_mAP', '--out', str(tmp_path / 'c.png'))
+    assert re.search(r'average iteration time 0\.5\d\d s', out)  # mean of the iterations after warm-up
+    with open(tmp_path / 'c.png', 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    bad = subprocess.run([sys.executable, os.path.join(TOOLS, 'analyze_logs.py'), str(log), '--keys', 'mIoU',
+                          '--out', str(tmp_path / 'x.png')], capture_output=True, text=True)
+    assert bad.returncode != 0 and "no scalar 'mIoU'" in bad.stderr
+
+
+def test_benchmark_model_mode_and_detector_flops():
+    config = os.path.join(os.path.dirname(__file__), '..', 'configs', 'detection', 'mask_rcnn_convnext_t_3x.py')
+    out = _run('benchmark.py', 'model', config, 'mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py',
+               '--size', '96', '128', '--warmup', '0', '--repeat', '1')
+    assert re.search(r'mask_rcnn_convnext_t_3x.py: \d+\.\d+ FPS .*48\.\dM params', out)
+    assert re.search(r'cascade-mask-rcnn_r50_fpn_1x_coco.py: \d+\.\d+ FPS', out)
+
+
+@pytest.mark.parametrize('config,size,expected', [
+    ('detection/mask_rcnn_convnext_t_3x.py', (800, 1280), 262.0),
+    ('segmentation/upernet_convnext_t_512_160k_ade20k.py', (512, 2048), 939.0),
+])
+def test_whole_model_flops_match_the_paper(config, size, expected):
+    sys.path.insert(0, TOOLS)
+    from get_flops import model_complexity
+    macs, _, _ = model_complexity(os.path.join(os.path.dirname(__file__), '..', 'configs', config), size)
+    assert abs(macs / 1e9 - expected) / expected < 0.03
