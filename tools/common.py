@@ -80,6 +80,35 @@ def unique_visualizer(cfg: Config) -> None:
         cfg.visualizer.name = f'visualizer_{os.getpid()}_{time.time_ns()}'
 
 
+def add_runner_args(parser) -> None:
+    """The arguments train.py and test.py share."""
+    from mmengine.config import DictAction
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: a.b=1')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
+    parser.add_argument('--local-rank', '--local_rank', type=int, default=0)
+
+
+def run_config(args) -> Config:
+    """The config for a train / test run: overrides, launcher, work dir (default work_dirs/<config name>)."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg = load_config(args.config, args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or os.path.join(
+        'work_dirs', os.path.splitext(os.path.basename(args.config))[0])
+    return cfg
+
+
+def build_runner(cfg: Config):
+    """Adapt the config to this machine, start a CPU process group if needed, build the Runner."""
+    from mmengine.runner import Runner
+    distributed = cfg.launcher != 'none'
+    adapt_to_machine(cfg, distributed=distributed)
+    unique_visualizer(cfg)
+    if distributed:
+        init_cpu_process_group()
+    return Runner.from_cfg(cfg)
+
+
 def init_cpu_process_group():
     """For launchers on a machine without CUDA: start the gloo process group before mmengine would try
     torch.cuda.set_device (mmengine skips its own init when one exists)."""

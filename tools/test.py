@@ -11,15 +11,11 @@ Prints the metrics and writes them to <work_dir>/metrics.json.
 """
 import argparse
 import json
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from common import adapt_to_machine, init_cpu_process_group, load_config, unique_visualizer  # noqa: E402
-
-from mmengine.config import DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from common import add_runner_args, build_runner, run_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -31,19 +27,12 @@ def parse_args(argv=None):
     parser.add_argument('--show-dir', help='write images with predictions drawn to this folder')
     parser.add_argument('--tta', action='store_true', help="test-time augmentation from the config's "
                                                            'tta_model / tta_pipeline (multi-scale + flip)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local-rank', '--local_rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_runner_args(parser)
+    return parser.parse_args(argv)
 
 
-def build_runner(args) -> Runner:
-    cfg = load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+def make_runner(args):
+    cfg = run_config(args)
     cfg.load_from = args.checkpoint
     segmentation = cfg.get('default_scope') == 'mmseg'
     if args.show_dir:
@@ -66,16 +55,12 @@ def build_runner(args) -> Runner:
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model
-    adapt_to_machine(cfg, distributed=args.launcher != 'none')
-    unique_visualizer(cfg)
-    if args.launcher != 'none':
-        init_cpu_process_group()
-    return Runner.from_cfg(cfg)
+    return build_runner(cfg)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    runner = build_runner(args)
+    runner = make_runner(args)
     metrics = runner.test()
     if runner.rank == 0:
         print(json.dumps(metrics, indent=1, default=float))

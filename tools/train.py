@@ -8,15 +8,11 @@
 On a machine without CUDA the recipe runs on CPU: SyncBN -> BN, AMP off, gloo for distributed runs.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from common import adapt_to_machine, init_cpu_process_group, load_config, unique_visualizer  # noqa: E402
-
-from mmengine.config import DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from common import add_runner_args, build_runner, run_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -26,19 +22,12 @@ def parse_args(argv=None):
     parser.add_argument('--resume', nargs='?', const='auto', default=None,
                         help='resume from a checkpoint; without a path, from the latest in the work dir')
     parser.add_argument('--amp', action='store_true', help='mixed precision (GPU)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys: a.b=1')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none')
-    parser.add_argument('--local-rank', '--local_rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    return args
+    add_runner_args(parser)
+    return parser.parse_args(argv)
 
 
-def build_runner(args) -> Runner:
-    cfg = load_config(args.config, args.cfg_options)
-    cfg.launcher = args.launcher
-    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config))[0])
+def make_runner(args):
+    cfg = run_config(args)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
@@ -49,15 +38,11 @@ def build_runner(args) -> Runner:
     hooks = list(cfg.get('custom_hooks') or [])
     if not any(h.get('type') == 'RNGStateHook' for h in hooks):
         cfg.custom_hooks = hooks + [dict(type='RNGStateHook')]  # resumed runs continue exactly
-    adapt_to_machine(cfg, distributed=args.launcher != 'none')
-    unique_visualizer(cfg)
-    if args.launcher != 'none':
-        init_cpu_process_group()
-    return Runner.from_cfg(cfg)
+    return build_runner(cfg)
 
 
 def main(argv=None):
-    runner = build_runner(parse_args(argv))
+    runner = make_runner(parse_args(argv))
     runner.train()
     return runner
 
