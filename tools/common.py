@@ -109,6 +109,14 @@ def build_runner(cfg: Config):
     return Runner.from_cfg(cfg)
 
 
+def end_run() -> None:
+    """Tear the process group down before the interpreter exits: a gloo group left alive can abort the
+    process at exit ('terminate called without an active exception'), failing an otherwise good run."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def init_cpu_process_group():
     """For launchers on a machine without CUDA: start the gloo process group before mmengine would try
     torch.cuda.set_device (mmengine skips its own init when one exists)."""

@@ -15,7 +15,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from common import add_runner_args, build_runner, run_config  # noqa: E402
+from common import add_runner_args, build_runner, end_run, run_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -61,7 +61,10 @@ def make_runner(args):
 def main(argv=None):
     args = parse_args(argv)
     runner = make_runner(args)
-    metrics = runner.test()
+    try:
+        metrics = runner.test()
+    finally:
+        end_run()
     if runner.rank == 0:
         print(json.dumps(metrics, indent=1, default=float))
         with open(osp.join(runner.work_dir, 'metrics.json'), 'w') as f:

@@ -12,7 +12,7 @@ import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from common import add_runner_args, build_runner, run_config  # noqa: E402
+from common import add_runner_args, build_runner, end_run, run_config  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -43,7 +43,10 @@ def make_runner(args):
 
 def main(argv=None):
     runner = make_runner(parse_args(argv))
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        end_run()
     return runner
 
 
