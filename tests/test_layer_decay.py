@@ -185,3 +185,41 @@ def test_bad_num_layers_names_valid_range(decay_type):
         _build(Detector(ConvNeXt('tiny')), decay_rate=0.7, decay_type=decay_type, num_layers=2)
     with pytest.raises(ValueError, match='4-stage'):
         validate_num_layers(6, [1, 1, 1], decay_type)
+
+
+def test_cascade_mask_rcnn_from_shipped_config_gets_expected_groups():
+    """The real thing: Cascade Mask R-CNN ConvNeXt-T (lr 2e-4, layer_wise 0.7, num_layers 6) from its config."""
+    import os
+    import sys
+    from mmdet.registry import MODELS
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    root = os.path.join(os.path.dirname(__file__), '..')
+    sys.path.insert(0, os.path.join(root, 'tools'))
+    from common import adapt_to_machine, load_config
+    cfg = load_config(os.path.join(root, 'configs', 'detection', 'cascade_convnext_t_3x.py'))
+    cfg.model.backbone.pop('init_cfg')
+    adapt_to_machine(cfg)  # SyncBN -> BN, fp32 on this CPU machine; the grouping is the same
+    init_default_scope('mmdet')
+    with torch.device('meta'):
+        model = MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    groups = _per_param(wrapper, model)
+    lr = 2e-4
+    expected = {
+        'backbone.downsample_layers.0.0.weight': (lr * 0.7 ** 7, 0.05),
+        'backbone.stages.0.2.pwconv1.weight': (lr * 0.7 ** 6, 0.05),
+        'backbone.stages.1.0.gamma': (lr * 0.7 ** 5, 0.0),
+        'backbone.stages.2.8.dwconv.weight': (lr * 0.7 ** 2, 0.05),
+        'backbone.stages.3.2.norm.weight': (lr * 0.7, 0.0),
+        'backbone.norm2.weight': (lr, 0.0),
+        'neck.fpn_convs.0.conv.weight': (lr, 0.05),
+        'roi_head.bbox_head.2.shared_convs.3.bn.weight': (lr, 0.0),  # SyncBN (BN here): no decay
+        'roi_head.bbox_head.2.shared_convs.3.conv.weight': (lr, 0.05),
+        'roi_head.mask_head.0.conv_logits.bias': (lr, 0.0),
+    }
+    for name, (want_lr, want_wd) in expected.items():
+        assert groups[name][0] == pytest.approx(want_lr), name
+        assert groups[name][1] == want_wd, name
+    assert wrapper.optimizer.param_groups[0]['lr'] == lr
+    assert len(groups) == sum(1 for p in model.parameters() if p.requires_grad)
