@@ -116,6 +116,21 @@ def test_with_cp_and_channels_last_match_eager_including_drop_path():
             assert outs_o[0].is_contiguous(memory_format=torch.channels_last)
 
 
+def test_with_cp_really_recomputes_blocks_in_backward(monkeypatch):
+    from convnext_backbone.convnext import Block
+    calls = []
+    forward = Block.forward
+    monkeypatch.setattr(Block, 'forward', lambda self, x: calls.append(1) or forward(self, x))
+    counts = {}
+    for with_cp in (False, True):
+        calls.clear()
+        model = ConvNeXt(TINY, with_cp=with_cp).train()
+        model(torch.randn(1, 3, 64, 64))[3].sum().backward()
+        counts[with_cp] = len(calls)
+    # 6 blocks; checkpointed ones run again during backward
+    assert counts == {False: 6, True: 12}
+
+
 def test_drop_path_linear_schedule():
     model = ConvNeXt(dict(depths=[2, 2, 4, 2], channels=[8, 16, 24, 32]), drop_path_rate=0.3)
     rates = [block.drop_path_rate for stage in model.stages for block in stage]

@@ -145,8 +145,6 @@ def test_backbone_prefix_and_model_wrappers():
     assert groups['encoder.convnext.downsample_layers.0.0.weight'][0] == pytest.approx(BASE_LR * 0.7 ** 7)
     assert groups['fc.weight'][0] == BASE_LR
 
-    from mmengine.model import MMDistributedDataParallel  # noqa: F401  (registers the wrapper type)
-
     class FakeDDP(nn.Module):  # what is_model_wrapper recognises: a registered wrapper holding .module
         pass
     from mmengine.registry import MODEL_WRAPPERS
