@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo demo-seg test clean
 
 install:
 	VENV=$(VENV) bash tools/install.sh
@@ -11,8 +11,11 @@ install:
 demo: install
 	$(PY) tools/demo.py
 
+demo-seg: install
+	$(PY) tools/demo_seg.py
+
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache work_dirs data/shapes_coco data/shapes_ade20k

@@ -1,11 +1,15 @@
 """A synthetic COCO-format instance segmentation set: shapes on noisy backgrounds.
 
-Three classes decided by shape, not colour (rectangle, ellipse, triangle); random colours, sizes, positions
-and overlaps (later shapes occlude earlier ones; the masks say what stays visible). Writes
-``root/{train,val}/*.jpg`` and ``root/annotations/instances_{train,val}.json`` with polygon masks.
+Three classes decided by shape, not colour (rectangle, ellipse, triangle); random colours, sizes, rotations,
+positions and overlaps (later shapes occlude earlier ones; the masks say what stays visible). Every shape lies
+wholly inside the image and keeps at least MIN_VISIBLE of its area visible, so that each annotated object can
+be told apart by its shape (a sliver of an ellipse could be anything). Writes ``root/{train,val}/*.jpg`` and
+``root/annotations/instances_{train,val}.json`` with polygon masks.
 
     python tools/synthetic_coco.py data/shapes_coco --train 200 --val 50 --size 256
 """
+from __future__ import annotations
+
 import argparse
 import json
 import os
@@ -14,24 +18,34 @@ import cv2
 import numpy as np
 
 CLASSES = ('rectangle', 'ellipse', 'triangle')
+MIN_VISIBLE = 0.6  # fraction of an object's area that later shapes may not hide
 
 
-def _shape_mask(kind: int, size: int, rng) -> np.ndarray:
-    mask = np.zeros((size, size), np.uint8)
-    w, h = rng.integers(size // 8, size // 2.5, 2)
-    cx, cy = rng.integers(w // 2 + 1, size - w // 2 - 1), rng.integers(h // 2 + 1, size - h // 2 - 1)
+def _hw(size) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _shape_mask(kind: int, size, rng) -> np.ndarray:
+    """The full mask of one random shape in an image of ``size`` (int or (H, W))."""
+    height, width = _hw(size)
+    mask = np.zeros((height, width), np.uint8)
+    side = min(height, width)
+    w, h = rng.integers(side // 8, side // 2.5, 2)
+    # the radius of a circle around the whole shape, whatever its rotation: it stays inside the image
+    reach = {0: np.hypot(w, h) / 2, 1: max(w, h) / 2, 2: max(w, h) / 2}[kind]
+    cx, cy = rng.uniform(reach + 2, width - reach - 2), rng.uniform(reach + 2, height - reach - 2)
     angle = float(rng.uniform(0, 180))
     if kind == 0:
         box = cv2.boxPoints(((float(cx), float(cy)), (float(w), float(h)), angle))
         cv2.fillPoly(mask, [box.astype(np.int32)], 1)
     elif kind == 1:
-        cv2.ellipse(mask, (int(cx), int(cy)), (int(w // 2), int(h // 2)), angle, 0, 360, 1, -1)
+        cv2.ellipse(mask, (round(cx), round(cy)), (int(w // 2), int(h // 2)), angle, 0, 360, 1, -1)
     else:
         radius = max(w, h) / 2
         start = rng.uniform(0, 2 * np.pi)
         pts = [(cx + radius * np.cos(start + k * 2 * np.pi / 3), cy + radius * np.sin(start + k * 2 * np.pi / 3))
                for k in range(3)]
-        cv2.fillPoly(mask, [np.clip(np.array(pts), 0, size - 1).astype(np.int32)], 1)
+        cv2.fillPoly(mask, [np.round(np.array(pts)).astype(np.int32)], 1)
     return mask
 
 
@@ -40,20 +54,33 @@ def _polygons(mask: np.ndarray):
     return [c.flatten().astype(float).tolist() for c in contours if len(c) >= 3]
 
 
-def make_image(size: int, rng, max_objects: int = 4):
-    """Return (image HxWx3 uint8, [(class index, visible mask)])."""
+def make_scene(size, rng, max_objects: int = 4):
+    """Return (image HxWx3 uint8, [(class index, visible mask, full mask)]), objects in drawing order;
+    ``size`` is an int or (H, W)."""
+    height, width = _hw(size)
     background = rng.integers(0, 256, 3)
-    image = np.clip(background + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+    image = np.clip(background + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
     objects = []
     for _ in range(int(rng.integers(1, max_objects + 1))):
         kind = int(rng.integers(0, len(CLASSES)))
-        mask = _shape_mask(kind, size, rng)
+        for _attempt in range(10):  # a place where the new shape leaves every earlier one recognisable
+            mask = _shape_mask(kind, size, rng)
+            if all((visible & (1 - mask)).sum() >= MIN_VISIBLE * full.sum() for _, visible, full in objects):
+                break
+        else:
+            continue
         colour = rng.integers(0, 256, 3)
-        texture = np.clip(colour + rng.normal(0, 15, (size, size, 3)), 0, 255).astype(np.uint8)
+        texture = np.clip(colour + rng.normal(0, 15, (height, width, 3)), 0, 255).astype(np.uint8)
         image[mask > 0] = texture[mask > 0]
-        objects = [(k, m & (1 - mask)) for k, m in objects]  # occluded parts are no longer visible
-        objects.append((kind, mask))
-    return image, [(k, m) for k, m in objects if m.sum() >= 20]
+        objects = [(k, visible & (1 - mask), full) for k, visible, full in objects]  # what stays visible
+        objects.append((kind, mask, mask))
+    return image, objects
+
+
+def make_image(size: int, rng, max_objects: int = 4):
+    """Return (image HxWx3 uint8, [(class index, visible mask)])."""
+    image, objects = make_scene(size, rng, max_objects)
+    return image, [(k, visible) for k, visible, _ in objects if visible.sum() >= 20]
 
 
 def make_coco(root: str, num_train: int, num_val: int, size: int = 256, seed: int = 0) -> dict:

@@ -1,6 +1,7 @@
 # The demo: the Mask R-CNN recipe in miniature for a 2-core CPU. A small ConvNeXt (pretrained by
-# tools/demo.py on synthetic shape classification, loaded through init_cfg in the official checkpoint
-# format) fine-tuned with layer-wise lr decay on a synthetic COCO-format set of shapes (tools/synthetic_coco.py).
+# tools/pretrain_shapes.py on synthetic shape classification, loaded through init_cfg in the official
+# checkpoint format) fine-tuned with layer-wise lr decay on a synthetic COCO-format set of shapes
+# (tools/make_demo_data.py). `make demo` runs it all: tools/demo.py.
 _base_ = '../detection/mask_rcnn_convnext_t_3x.py'
 _channels = [32, 64, 128, 256]
 _width = 64  # FPN / head width, 256 in the paper's models
@@ -44,12 +45,12 @@ val_dataloader = dict(
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
-max_epochs = 6
+max_epochs = 10
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 optim_wrapper = dict(optimizer=dict(lr=4e-4), paramwise_cfg=dict(decay_rate=0.8, num_layers=None))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[5], gamma=0.1),
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[9], gamma=0.1),
 ]
 default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=max_epochs))
 work_dir = 'work_dirs/demo'
