@@ -40,6 +40,17 @@ def test_scenes_keep_every_object_whole_and_recognisable():
     assert occluded > 10  # overlaps do happen
 
 
+@pytest.mark.parametrize('name', ['mask_rcnn_convnext_shapes.py', 'upernet_convnext_shapes.py'])
+def test_demo_configs_share_the_pretrained_backbone_and_the_classes(name):
+    """One pretrained checkpoint serves both demos: their backbones must be the pretraining's arch, and their
+    class lists the generator's."""
+    from common import load_config
+    cfg = load_config(os.path.join(ROOT, 'configs', 'demo', name))
+    assert dict(cfg.model.backbone.arch) == pretrain_shapes.DEMO_ARCH
+    assert tuple(cfg.train_dataloader.dataset.metainfo['classes']) == synthetic_coco.CLASSES
+    assert tuple(cfg.val_dataloader.dataset.metainfo['classes']) == synthetic_coco.CLASSES
+
+
 def test_object_crops_are_centred_single_shapes_of_every_class():
     rng = np.random.default_rng(0)
     crops, labels = zip(*(pretrain_shapes.object_crop(rng, 64) for _ in range(60)))
