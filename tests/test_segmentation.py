@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -263,16 +264,38 @@ def test_synthetic_ade20k_layout(tmp_path):
             assert a.read() == b.read()
 
 
-def test_synthetic_classes_are_shapes_not_colours():
+def test_synthetic_classes_are_shapes_and_patterns_not_colours():
+    """Every class's pixels spread over the whole colour range alike: no colour tells the classes apart."""
     rng = np.random.default_rng(0)
-    colours = {1: [], 2: [], 3: []}
-    for _ in range(30):
+    pixels = {1: [], 2: [], 3: []}
+    for _ in range(60):
         image, label = synthetic_ade20k.make_sample(rng, (96, 96))
-        for cls in np.unique(label[label > 0]):
-            colours[int(cls)].append(image[label == cls].mean(0))
-    for cls, values in colours.items():
-        assert len(values) >= 10, cls
-        assert np.asarray(values).std(0).min() > 40, cls  # each class appears in all sorts of colours
+        for cls in pixels:
+            pixels[cls].append(image[label == cls].astype(float))
+    for cls, values in pixels.items():
+        values = np.concatenate(values)
+        assert len(values) > 5000, cls
+        assert np.abs(values.mean(0) - 127.5).max() < 25 and values.std(0).min() > 60, cls
+
+
+def test_synthetic_patterns_are_two_colour_stripes_checks_and_dots():
+    """Each class has its own pattern (0 stripes, 1 checks, 2 dots), whatever the colours, angle and period."""
+    rng = np.random.default_rng(1)
+    for kind in range(3):
+        for _ in range(30):
+            channel = synthetic_ade20k.pattern_fill(kind, (64, 64), rng)[..., 0].astype(float)
+            low, high = np.percentile(channel, 2), np.percentile(channel, 98)
+            assert high - low > 40  # two colours, not one
+            on = (channel > (low + high) / 2).astype(float)
+            coverage = min(on.mean(), 1 - on.mean())
+            # stripes have edges in one direction only: the structure tensor's coherence is ~1, 2-D patterns ~0
+            gx, gy = cv2.Sobel(on, cv2.CV_64F, 1, 0), cv2.Sobel(on, cv2.CV_64F, 0, 1)
+            small, large = np.linalg.eigvalsh([[(gx * gx).sum(), (gx * gy).sum()], [(gx * gy).sum(), (gy * gy).sum()]])
+            coherence = (large - small) / (large + small)
+            if kind == 0:
+                assert coherence > 0.8 and coverage > 0.4, (coherence, coverage)
+            else:  # checks cover half, dots (a disc of radius period / 3 per cell) pi / 9
+                assert coherence < 0.3 and (coverage > 0.45 if kind == 1 else 0.3 < coverage < 0.4), (kind, coverage)
 
 
 def test_synthetic_ade20k_cli(tmp_path, capsys):

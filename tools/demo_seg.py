@@ -1,6 +1,6 @@
 """The paper's segmentation pipeline in miniature, on a 2-core CPU, with generated data (`make demo-seg`).
 
-1. a synthetic ADE20K-format set of shapes (tools/make_demo_data.py),
+1. a synthetic ADE20K-format set of patterned shapes (tools/make_demo_data.py),
 2. the small shape-pretrained ConvNeXt of the detection demo (tools/pretrain_shapes.py; reused from
    `make demo` when it is there, else pretrained the same way),
 3. fine-tuning an UperNet from it through ``init_cfg=dict(type='Pretrained')`` with AdamW + stage-wise lr decay
@@ -24,10 +24,11 @@ CONFIG = osp.join(osp.dirname(osp.abspath(__file__)), '..', 'configs', 'demo', '
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config', default=CONFIG, help='the fine-tuning config (default: %(default)s)')
     parser.add_argument('--work-dir', default='work_dirs/demo_seg')
     parser.add_argument('--data', default='data', help='where make_demo_data writes shapes_ade20k/')
-    parser.add_argument('--train-images', type=int, default=400)
-    parser.add_argument('--val-images', type=int, default=100)
+    parser.add_argument('--train-images', type=int, default=make_demo_data.ADE20K_SPLITS[0])
+    parser.add_argument('--val-images', type=int, default=make_demo_data.ADE20K_SPLITS[1])
     parser.add_argument('--pretrained', default='work_dirs/demo/pretrained_convnext.pth',
                         help='the shape-pretrained backbone; pretrained here first if the file is missing')
     parser.add_argument('--pretrain-steps', type=int, default=pretrain_shapes.DEFAULT_STEPS)
@@ -38,7 +39,7 @@ def main(argv=None):
     if args.iters is not None and args.iters < 2:
         parser.error(f'--iters must be at least 2 (warm-up, then decay), got {args.iters}')
     start = time.time()
-    cfg = load_config(CONFIG)
+    cfg = load_config(args.config)
 
     print(f'[demo-seg] 1/4 synthetic ADE20K-format data: {args.train_images} training, {args.val_images} '
           f'validation images -> {args.data}/shapes_ade20k', flush=True)
@@ -62,15 +63,15 @@ def main(argv=None):
                     f'param_scheduler.0.end={warmup}', f'param_scheduler.1.begin={warmup}',
                     f'param_scheduler.1.end={iters}']
     # step 4 evaluates with tools/test.py: no validation pass inside training as well
-    train_tool.main([CONFIG, '--cfg-options', *options, f'train_cfg.val_begin={iters + 1}'])
+    train_tool.main([args.config, '--cfg-options', *options, f'train_cfg.val_begin={iters + 1}'])
 
     print('[demo-seg] 4/4 evaluating on the validation split with tools/test.py', flush=True)
     checkpoint = osp.join(args.work_dir, f'iter_{iters}.pth')
-    metrics = test_tool.main([CONFIG, checkpoint, '--cfg-options', *options])
+    metrics = test_tool.main([args.config, checkpoint, '--cfg-options', *options])
     summary = f'[demo-seg] mIoU {metrics["mIoU"] / 100:.3f}, mAcc {metrics["mAcc"] / 100:.3f}, ' \
               f'aAcc {metrics["aAcc"] / 100:.3f}'
     if args.tta:
-        tta = test_tool.main([CONFIG, checkpoint, '--tta', '--work-dir', osp.join(args.work_dir, 'tta'),
+        tta = test_tool.main([args.config, checkpoint, '--tta', '--work-dir', osp.join(args.work_dir, 'tta'),
                               '--cfg-options', *options])
         summary += f'; multi-scale + flip mIoU {tta["mIoU"] / 100:.3f}'
         metrics = dict(metrics, tta=tta)

@@ -8,10 +8,14 @@ Layout (what mmseg's ADE20KDataset reads, ``data_root=ROOT``)::
     ROOT/images/validation/ADE_val_00000001.jpg    ROOT/annotations/validation/ADE_val_00000001.png
 
 Labels are uint8 PNGs: 0 is background, which ADE20K's ``reduce_zero_label`` turns into the ignore index, and
-classes 1..3 are filled (rotated) rectangles, ellipses and triangles (0..2 after the reduction). Every shape has a
-random colour, size, position and orientation and may hide parts of earlier ones (never more than 40%), on a
-noisy background, so the class is decided by the shape alone, never by the colour. The scenes are those of the
-COCO-format set (tools/synthetic_coco.py), labelled per pixel.
+classes 1..3 are (rotated) rectangles, ellipses and triangles (0..2 after the reduction). The scenes are those
+of the COCO-format set (tools/synthetic_coco.py: whole shapes of random size, position and orientation, each
+at least 60% visible, on a noisy background), but every shape is painted with its class's pattern (stripes,
+checks, dots) in two random colours at a random angle and period: the class is decided by the shape and the
+pattern, never by a colour. Why the pattern: a pixel inside a plain-coloured shape can only be labelled by
+working out which region it lies in and that region's outline, a non-local "insideness" problem that small
+convnets learn very slowly (UperNet ConvNeXt stayed at 40-55% pixel accuracy for 2000 iterations on plain
+shapes); real semantic classes carry local evidence (texture) as the patterns do.
 """
 from __future__ import annotations
 
@@ -26,12 +30,33 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import synthetic_coco  # noqa: E402
 
 CLASSES = synthetic_coco.CLASSES  # label values 1, 2, 3
+PATTERN_PERIOD = (8.0, 14.0)  # pixels
+
+
+def pattern_fill(kind: int, size, rng) -> np.ndarray:
+    """A shape's surface: its class's pattern (0 stripes, 1 checks, 2 dots) in two random colours, at a random
+    angle and period, with pixel noise. Only the pattern tells the classes apart, never a colour."""
+    height, width = synthetic_coco._hw(size)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle, period = rng.uniform(0, np.pi), rng.uniform(*PATTERN_PERIOD)
+    u, v = x * np.cos(angle) + y * np.sin(angle), y * np.cos(angle) - x * np.sin(angle)
+    if kind == 0:
+        on = (u / period) % 2 < 1
+    elif kind == 1:
+        on = (np.floor(u / period) + np.floor(v / period)) % 2 == 0
+    else:
+        on = ((u % period) - period / 2) ** 2 + ((v % period) - period / 2) ** 2 < (period / 3) ** 2
+    first = rng.integers(0, 256, 3)
+    second = (first + rng.integers(70, 187, 3)) % 256  # contrast in every channel
+    surface = np.where(on[..., None], first, second) + rng.normal(0, 10, (height, width, 3))
+    return np.clip(surface, 0, 255).astype(np.uint8)
 
 
 def make_sample(rng: np.random.Generator, size=(128, 128), max_objects: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """One (H, W, 3) uint8 BGR image and its (H, W) uint8 label map: the scenes of the COCO-format set
-    (tools/synthetic_coco.py: whole shapes, each at least 60% visible), labelled per pixel."""
-    image, objects = synthetic_coco.make_scene(tuple(size), rng, max_objects)
+    (tools/synthetic_coco.py: whole shapes, each at least 60% visible) painted with their class's pattern,
+    labelled per pixel."""
+    image, objects = synthetic_coco.make_scene(tuple(size), rng, max_objects, fill=pattern_fill)
     label = np.zeros(image.shape[:2], np.uint8)
     for kind, visible, _ in objects:
         label[visible > 0] = kind + 1

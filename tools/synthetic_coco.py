@@ -54,9 +54,15 @@ def _polygons(mask: np.ndarray):
     return [c.flatten().astype(float).tolist() for c in contours if len(c) >= 3]
 
 
-def make_scene(size, rng, max_objects: int = 4):
+def plain_fill(kind: int, size, rng) -> np.ndarray:
+    """A shape's surface: one random colour with pixel noise, the same for every class."""
+    colour = rng.integers(0, 256, 3)
+    return np.clip(colour + rng.normal(0, 15, (*_hw(size), 3)), 0, 255).astype(np.uint8)
+
+
+def make_scene(size, rng, max_objects: int = 4, fill=plain_fill):
     """Return (image HxWx3 uint8, [(class index, visible mask, full mask)]), objects in drawing order;
-    ``size`` is an int or (H, W)."""
+    ``size`` is an int or (H, W); ``fill(kind, size, rng)`` paints each shape's surface."""
     height, width = _hw(size)
     background = rng.integers(0, 256, 3)
     image = np.clip(background + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
@@ -69,9 +75,8 @@ def make_scene(size, rng, max_objects: int = 4):
                 break
         else:
             continue
-        colour = rng.integers(0, 256, 3)
-        texture = np.clip(colour + rng.normal(0, 15, (height, width, 3)), 0, 255).astype(np.uint8)
-        image[mask > 0] = texture[mask > 0]
+        surface = fill(kind, size, rng)
+        image[mask > 0] = surface[mask > 0]
         objects = [(k, visible & (1 - mask), full) for k, visible, full in objects]  # what stays visible
         objects.append((kind, mask, mask))
     return image, objects
