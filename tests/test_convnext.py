@@ -5,6 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from convnext_backbone import ARCH_SETTINGS, ConvNeXt
+from convnext_backbone.convnext import _ONEDNN
 from reference_convnext import OfficialConvNeXt, randomize_
 
 TINY = dict(depths=[1, 2, 2, 1], channels=[8, 16, 24, 32])
@@ -68,23 +69,54 @@ def test_fast_path_equals_official_forward_and_gradients(use_grn, ls):
         assert (p.grad - g_ref).abs().max() < 1e-5 * max(1.0, g_ref.abs().max().item()), name
 
 
-@pytest.mark.parametrize('channels_last', [True, False])
-def test_depthwise_conv_fast_weight_gradient_equals_autograd(channels_last):
+def test_depthwise_conv_fast_weight_gradient_gradcheck():
+    from convnext_backbone.convnext import _DepthwiseConv
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 1, 7, 7, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_DepthwiseConv.apply, (x, weight, bias))
+    assert torch.autograd.gradcheck(_DepthwiseConv.apply, (x, weight, None))
+
+
+@pytest.mark.parametrize('channels_last,bias,input_grad,contiguous_grad', [
+    (True, True, True, True), (False, True, True, False), (True, False, False, True), (True, True, False, False)])
+def test_depthwise_conv_fast_weight_gradient_equals_autograd(channels_last, bias, input_grad, contiguous_grad):
     from convnext_backbone.convnext import _DepthwiseConv
     torch.manual_seed(0)
-    conv = nn.Conv2d(5, 5, kernel_size=7, padding=3, groups=5)
+    conv = nn.Conv2d(5, 5, kernel_size=7, padding=3, groups=5, bias=bias)
     x = torch.randn(3, 5, 9, 13)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(3, 5, 9, 13)
-    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(3, 5, 9, 13) if contiguous_grad else torch.randn(3, 5, 13, 9).transpose(2, 3)
+    x_ref, x_ours = x.clone().requires_grad_(input_grad), x.clone().requires_grad_(input_grad)
+
+    def inputs(x_):
+        return tuple(t for t in (x_, conv.weight, conv.bias) if t is not None and t.requires_grad)
     out_ref = conv(x_ref)
-    ref = torch.autograd.grad(out_ref, (x_ref, conv.weight, conv.bias), grad)
+    ref = torch.autograd.grad(out_ref, inputs(x_ref), grad)
     out_ours = _DepthwiseConv.apply(x_ours, conv.weight, conv.bias)
-    ours = torch.autograd.grad(out_ours, (x_ours, conv.weight, conv.bias), grad)
+    ours = torch.autograd.grad(out_ours, inputs(x_ours), grad)
     assert (out_ref - out_ours).abs().max() < 1e-6
+    assert len(ref) == len(ours) == 1 + int(bias) + int(input_grad)
     for a, b in zip(ref, ours):
         assert a.shape == b.shape and (a - b).abs().max() < 1e-5 * max(1.0, a.abs().max().item())
+
+
+@pytest.mark.parametrize('ls', [1e-6, 0.0])
+def test_fused_training_path_equals_plain_ops_with_active_drop_path(ls):
+    """The fused CPU nodes (depthwise conv, MLP without the residual fused, as drop path needs) give the
+    plain-op gradients; drop_path_rate 1e-9 is active but keeps every path."""
+    from convnext_backbone.convnext import plain_ops
+    torch.manual_seed(0)
+    model = randomize_(ConvNeXt(TINY, drop_path_rate=1e-9, layer_scale_init_value=ls)).train()
+    x = torch.randn(2, 3, 64, 64)
+    outs_fast, grads_fast = _grads(model, x, seed=1)
+    with plain_ops():
+        outs_plain, grads_plain = _grads(model, x, seed=1)
+    for a, b in zip(outs_fast, outs_plain):
+        assert (a - b).abs().max() < 1e-5
+    for name, g in grads_plain.items():
+        assert (grads_fast[name] - g).abs().max() < 1e-5 * max(1.0, g.abs().max().item()), name
 
 
 def _autograd_nodes(tensor):
@@ -97,6 +129,7 @@ def _autograd_nodes(tensor):
     return {type(node).__name__ for node in seen}
 
 
+@pytest.mark.skipif(not _ONEDNN, reason="this torch build has no oneDNN fused linear")
 def test_cpu_training_takes_the_fused_autograd_nodes():
     """On CPU float32 a training step runs the depthwise conv and the whole MLP through our own autograd
     nodes (faster weight gradient; one buffer fewer); GRN blocks and no-grad forwards keep the other paths."""

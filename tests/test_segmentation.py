@@ -265,21 +265,25 @@ def test_synthetic_ade20k_layout(tmp_path):
 
 
 def test_synthetic_classes_are_shapes_and_patterns_not_colours():
-    """Every class's pixels spread over the whole colour range alike: no colour tells the classes apart."""
+    """No colour tells the classes apart: each class's objects come in all sorts of colours, and every class's
+    pixels spread over the whole colour range alike."""
     rng = np.random.default_rng(0)
-    pixels = {1: [], 2: [], 3: []}
+    pixels, object_colours = {1: [], 2: [], 3: []}, {1: [], 2: [], 3: []}
     for _ in range(60):
         image, label = synthetic_ade20k.make_sample(rng, (96, 96))
         for cls in pixels:
             pixels[cls].append(image[label == cls].astype(float))
-    for cls, values in pixels.items():
-        values = np.concatenate(values)
-        assert len(values) > 5000, cls
+            if (label == cls).any():
+                object_colours[cls].append(image[label == cls].astype(float).mean(0))
+    for cls in pixels:
+        values = np.concatenate(pixels[cls])
         assert np.abs(values.mean(0) - 127.5).max() < 25 and values.std(0).min() > 60, cls
+        # a pattern's two colours average towards grey, but no class keeps a fixed colour pair
+        assert len(object_colours[cls]) >= 20 and np.std(object_colours[cls], axis=0).min() > 12, cls
 
 
 def test_synthetic_patterns_are_two_colour_stripes_checks_and_dots():
-    """Each class has its own pattern (0 stripes, 1 checks, 2 dots), whatever the colours, angle and period."""
+    """Each class has its own pattern (0 stripes, 1 checks, 2 dots), whatever the colours, angle and scale."""
     rng = np.random.default_rng(1)
     for kind in range(3):
         for _ in range(30):
@@ -294,7 +298,7 @@ def test_synthetic_patterns_are_two_colour_stripes_checks_and_dots():
             coherence = (large - small) / (large + small)
             if kind == 0:
                 assert coherence > 0.8 and coverage > 0.4, (coherence, coverage)
-            else:  # checks cover half, dots (a disc of radius period / 3 per cell) pi / 9
+            else:  # checks cover half, dots (a disc of radius cell / 3 per cell) pi / 9
                 assert coherence < 0.3 and (coverage > 0.45 if kind == 1 else 0.3 < coverage < 0.4), (kind, coverage)
 
 

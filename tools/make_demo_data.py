@@ -26,13 +26,15 @@ ADE20K_SIZE = (128, 128)
 ADE20K_SPLITS = (800, 100)  # training, validation images
 
 
-def make_coco(root: str, train: int = COCO_SPLITS[0], val: int = COCO_SPLITS[1], seed: int = 0, size: int = COCO_SIZE) -> str:
+def make_coco(root: str, train: int = COCO_SPLITS[0], val: int = COCO_SPLITS[1], seed: int = 0,
+              size: int = COCO_SIZE) -> str:
     path = osp.join(root, 'shapes_coco')
     synthetic_coco.make_coco(path, train, val, size=size, seed=seed)
     return path
 
 
-def make_ade20k(root: str, train: int = ADE20K_SPLITS[0], val: int = ADE20K_SPLITS[1], seed: int = 0, size=ADE20K_SIZE) -> str:
+def make_ade20k(root: str, train: int = ADE20K_SPLITS[0], val: int = ADE20K_SPLITS[1], seed: int = 0,
+                size=ADE20K_SIZE) -> str:
     path = osp.join(root, 'shapes_ade20k')
     synthetic_ade20k.make_ade20k(path, train, val, size=tuple(size), seed=seed)
     return path

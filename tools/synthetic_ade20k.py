@@ -11,7 +11,7 @@ Labels are uint8 PNGs: 0 is background, which ADE20K's ``reduce_zero_label`` tur
 classes 1..3 are (rotated) rectangles, ellipses and triangles (0..2 after the reduction). The scenes are those
 of the COCO-format set (tools/synthetic_coco.py: whole shapes of random size, position and orientation, each
 at least 60% visible, on a noisy background), but every shape is painted with its class's pattern (stripes,
-checks, dots) in two random colours at a random angle and period: the class is decided by the shape and the
+checks, dots) in two random colours at a random angle and scale: the class is decided by the shape and the
 pattern, never by a colour. Why the pattern: a pixel inside a plain-coloured shape can only be labelled by
 working out which region it lies in and that region's outline, a non-local "insideness" problem that small
 convnets learn very slowly (UperNet ConvNeXt stayed at 40-55% pixel accuracy for 2000 iterations on plain
@@ -30,22 +30,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import synthetic_coco  # noqa: E402
 
 CLASSES = synthetic_coco.CLASSES  # label values 1, 2, 3
-PATTERN_PERIOD = (8.0, 14.0)  # pixels
+PATTERN_CELL = (8.0, 14.0)  # pixels: the width of a stripe or a check, the pitch of the dots
 
 
 def pattern_fill(kind: int, size, rng) -> np.ndarray:
     """A shape's surface: its class's pattern (0 stripes, 1 checks, 2 dots) in two random colours, at a random
-    angle and period, with pixel noise. Only the pattern tells the classes apart, never a colour."""
+    angle and cell size, with pixel noise. Only the pattern tells the classes apart, never a colour."""
     height, width = synthetic_coco._hw(size)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    angle, period = rng.uniform(0, np.pi), rng.uniform(*PATTERN_PERIOD)
+    angle, cell = rng.uniform(0, np.pi), rng.uniform(*PATTERN_CELL)
     u, v = x * np.cos(angle) + y * np.sin(angle), y * np.cos(angle) - x * np.sin(angle)
     if kind == 0:
-        on = (u / period) % 2 < 1
+        on = (u / cell) % 2 < 1
     elif kind == 1:
-        on = (np.floor(u / period) + np.floor(v / period)) % 2 == 0
+        on = (np.floor(u / cell) + np.floor(v / cell)) % 2 == 0
     else:
-        on = ((u % period) - period / 2) ** 2 + ((v % period) - period / 2) ** 2 < (period / 3) ** 2
+        on = ((u % cell) - cell / 2) ** 2 + ((v % cell) - cell / 2) ** 2 < (cell / 3) ** 2
     first = rng.integers(0, 256, 3)
     second = (first + rng.integers(70, 187, 3)) % 256  # contrast in every channel
     surface = np.where(on[..., None], first, second) + rng.normal(0, 10, (height, width, 3))
