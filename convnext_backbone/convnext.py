@@ -190,24 +190,30 @@ class _OneDNNLinear(torch.autograd.Function):
 class _OneDNNMlp(torch.autograd.Function):
     """``GELU(x W1^T + b1) W2^T + b2 [+ other]`` in one autograd node: the linears as in :class:`_OneDNNLinear`,
     and the GELU gradient written over the hidden-activation gradient in place (one 4C-channel buffer fewer
-    per block in backward, which on CPU is fresh memory to fault in)."""
+    per block in backward, which on CPU is fresh memory to fault in). With ``save_act=False`` the GELU output
+    is recomputed in backward instead of kept (for activation checkpointing: 4C channels less at the peak)."""
 
     @staticmethod
-    def forward(ctx, x, weight1, bias1, weight2, bias2, other=None):
+    def forward(ctx, x, weight1, bias1, weight2, bias2, other=None, save_act=True):
         hidden = _onednn_linear(x, weight1, bias1)
         act = F.gelu(hidden)
-        ctx.save_for_backward(x, weight1, hidden, act, weight2)
+        ctx.save_for_backward(x, weight1, hidden, weight2, act if save_act else None)
         ctx.has_other = other is not None
         return _onednn_linear(act, weight2, bias2, other=other)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, weight1, hidden, act, weight2 = ctx.saved_tensors
+        x, weight1, hidden, weight2, act = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad = grad.contiguous()
         grad_2d = grad.view(-1, grad.shape[-1])
-        grad_w2 = grad_2d.t().mm(act.view(-1, act.shape[-1])) if needs[3] else None
+        if needs[3]:
+            act = F.gelu(hidden) if act is None else act
+            grad_w2 = grad_2d.t().mm(act.view(-1, act.shape[-1]))
+        else:
+            grad_w2 = None
+        del act  # a recomputed one is freed before the hidden gradient is allocated
         grad_b2 = grad_2d.sum(0) if needs[4] else None
         grad_x = grad_w1 = grad_b1 = None
         if needs[0] or needs[1] or needs[2]:
@@ -218,7 +224,7 @@ class _OneDNNMlp(torch.autograd.Function):
             grad_w1 = grad_hidden_2d.t().mm(x.reshape(-1, x.shape[-1])) if needs[1] else None
             grad_b1 = grad_hidden_2d.sum(0) if needs[2] else None
         grad_other = grad if ctx.has_other and needs[5] else None
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_other
+        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_other, None
 
 
 class _DepthwiseConv(torch.autograd.Function):
@@ -226,8 +232,8 @@ class _DepthwiseConv(torch.autograd.Function):
 
     oneDNN's depthwise weight gradient runs far slower than its forward (ConvNeXt-T at 224, batch 8: 19 / 9 / 6
     / 14 ms per block in stages 0-3, against 2.2 / 0.8 / 0.5 / 0.3 ms forward). The same gradient is a
-    correlation of each (sample, channel) input plane with its output-gradient plane: one depthwise conv with
-    the gradient as an HxW kernel and a KxK output, then a sum over the batch (8 / 4 / 2 / 1 ms there).
+    correlation of each (sample, channel) input plane with its output-gradient plane: a depthwise conv with
+    the gradient as an HxW kernel and a KxK output, summed over the batch (7 / 3 / 2 / 1.4 ms there).
     Forward and input gradient are the ordinary conv ops."""
 
     @staticmethod
@@ -250,11 +256,12 @@ class _DepthwiseConv(torch.autograd.Function):
             grad_x = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], c, [True, False, False])[0]
         if ctx.needs_input_grad[1]:
-            padded = x.new_zeros(n, c, h + 2 * pad, w + 2 * pad)  # NCHW planes, padding written once
-            padded[:, :, pad:pad + h, pad:pad + w] = x
-            planes = F.conv2d(padded.view(1, n * c, h + 2 * pad, w + 2 * pad),
-                              grad.contiguous().view(n * c, 1, h, w), groups=n * c)
-            grad_w = planes.view(n, c, 1, k, k).sum(0)
+            # one sample at a time: as fast, and the NCHW copies stay one sample's size
+            padded = x.new_zeros(1, c, h + 2 * pad, w + 2 * pad)  # the zero border is written once
+            grad_w = weight.new_zeros(c, 1, k, k)
+            for i in range(n):
+                padded[0, :, pad:pad + h, pad:pad + w] = x[i]
+                grad_w += F.conv2d(padded, grad[i].contiguous().view(c, 1, h, w), groups=c).view(c, 1, k, k)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))
         return grad_x, grad_w, grad_b
@@ -281,6 +288,7 @@ class Block(nn.Module):
         self.gamma = (nn.Parameter(layer_scale_init_value * torch.ones(dim))
                       if layer_scale_init_value > 0 else None)
         self.drop_path_rate = drop_path_rate
+        self.low_memory = False  # set under activation checkpointing: recompute rather than keep the GELU output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -296,7 +304,8 @@ class Block(nn.Module):
         if _use_onednn(x) and shortcut_nhwc.is_contiguous():
             if torch.is_grad_enabled() and self.grn is None:
                 x = _OneDNNMlp.apply(x, self.pwconv1.weight, self.pwconv1.bias, weight, bias,
-                                     shortcut_nhwc if fuse_residual else None).permute(0, 3, 1, 2)
+                                     shortcut_nhwc if fuse_residual else None, not self.low_memory)
+                x = x.permute(0, 3, 1, 2)
                 return x if fuse_residual else shortcut + drop_path(x, self.drop_path_rate, self.training)
             if torch.is_grad_enabled():
                 x = self.act(_OneDNNLinear.apply(x, self.pwconv1.weight, self.pwconv1.bias))
@@ -331,7 +340,8 @@ class ConvNeXt(BaseModule):
         frozen_stages: freeze the stem + stage 0, ..., up to stage ``frozen_stages - 1`` with their
             downsampling layers (eval mode, no grad, kept so after ``.train()``); 0 or -1 freezes nothing.
             The output norms are never frozen: they are new for dense tasks.
-        with_cp: non-reentrant activation checkpointing per block (less memory, same outputs and grads).
+        with_cp: activation checkpointing per block, except in the last stage (about half the training
+            memory; same outputs and grads).
         channels_last: return features in channels-last memory format (the backbone always computes in
             it); by default they are returned as ordinary contiguous NCHW tensors.
         gap_before_final_norm: mmpretrain's classification mode: return globally average-pooled
@@ -407,6 +417,8 @@ class ConvNeXt(BaseModule):
             first = sum(self.depths[:i])
             self.stages.append(nn.Sequential(*[
                 Block(dim, rates[first + j], layer_scale_init_value, use_grn) for j in range(depth)]))
+            for block in self.stages[-1]:
+                block.low_memory = self._checkpointed(i)
 
         for i in self.out_indices:
             self.add_module(f'norm{i}', LayerNorm2d(self.channels[i], eps=1e-6))
@@ -421,7 +433,7 @@ class ConvNeXt(BaseModule):
         outs = []
         for i in range(self.num_stages):
             x = self.downsample_layers[i](x)
-            x = self._run_stage(self.stages[i], x)
+            x = self._run_stage(self.stages[i], x, checkpoint=self._checkpointed(i))
             if i in self.out_indices:
                 if self.gap_before_final_norm:
                     out = getattr(self, f'norm{i}')(x.mean((2, 3), keepdim=True)).flatten(1)
@@ -432,11 +444,19 @@ class ConvNeXt(BaseModule):
                 outs.append(out)
         return tuple(outs)
 
-    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-        if self.with_cp and self.training and torch.is_grad_enabled():
+    def _checkpointed(self, stage_index: int) -> bool:
+        """with_cp checkpoints every block except the last stage's: their activations (an eighth of a first-stage
+        block's) are the first freed in backward, long before the memory peak, so keeping them costs no peak
+        memory and saves a sixth of the recomputation (ConvNeXt blocks all cost the same FLOPs)."""
+        return self.with_cp and (stage_index < self.num_stages - 1 or self.num_stages == 1)
+
+    def _run_stage(self, stage: nn.Sequential, x: torch.Tensor, checkpoint: bool) -> torch.Tensor:
+        if checkpoint and self.training and torch.is_grad_enabled():
             for block in stage:
-                # RNG state is preserved, so drop-path masks are identical in the recomputation.
-                x = cp.checkpoint(block, x, use_reentrant=False)
+                # RNG state is preserved, so drop-path masks are identical in the recomputation. The reentrant
+                # variant runs the first pass without autograd, i.e. through the fused inference kernels; it
+                # needs an input that requires grad to reach the block's parameters at all.
+                x = cp.checkpoint(block, x, use_reentrant=x.requires_grad)
             return x
         return stage(x)
 

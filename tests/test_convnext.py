@@ -200,8 +200,8 @@ def test_with_cp_really_recomputes_blocks_in_backward(monkeypatch):
         model = ConvNeXt(TINY, with_cp=with_cp).train()
         model(torch.randn(1, 3, 64, 64))[3].sum().backward()
         counts[with_cp] = len(calls)
-    # 6 blocks; checkpointed ones run again during backward
-    assert counts == {False: 6, True: 12}
+    # 6 blocks; checkpointed ones run again during backward: all but the last stage's (one block here)
+    assert counts == {False: 6, True: 11}
 
 
 def test_drop_path_linear_schedule():

@@ -208,8 +208,10 @@ def test_dist_train_two_cpu_processes(tmp_path, coco):
     cfg = _tiny_config(tmp_path, coco)
     work_dir = str(tmp_path / 'dist')
     env = dict(os.environ, PORT='29531', OMP_NUM_THREADS='1')
+    # with activation checkpointing, whose backward-time recomputation DDP must cope with
     out = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'dist_train.sh'), cfg, '2', '--work-dir', work_dir,
-                          ], capture_output=True, text=True, timeout=600, env=env)
+                          '--cfg-options', 'model.backbone.with_cp=True'],
+                         capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     log = open(glob.glob(os.path.join(work_dir, '*', '*.log'))[0]).read()
     # torchrun exits 0 only when every rank did; mmengine logs the world size as 'GPU number'
