@@ -148,9 +148,11 @@ def plain_ops():
 
 
 def _cpu_float32(x: torch.Tensor) -> bool:
-    """Our own CPU kernels apply: float32 on CPU, not under autocast, not disabled by :func:`plain_ops`."""
+    """Our own CPU kernels apply: float32 on CPU, not under autocast, not disabled by :func:`plain_ops`, and not
+    while torch.compile traces (inductor fuses the plain ops itself and cannot lower oneDNN's linear with
+    trainable weights)."""
     return (_fused_enabled and x.device.type == 'cpu' and x.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu'))
+            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling())
 
 
 def _use_onednn(x: torch.Tensor) -> bool:
