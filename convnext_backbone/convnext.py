@@ -11,7 +11,8 @@ free views, every LayerNorm is ``F.layer_norm`` over a contiguous last dimension
 multiply is folded into the second pointwise weight. On CPU (float32) the pointwise linears run through
 oneDNN: without addmm's bias pre-copy, fused with GELU and with the residual add where the autograd allows;
 in training the MLP is one autograd node (GELU gradient in place) and the depthwise-conv weight gradient is
-computed as a per-plane correlation, far faster than oneDNN's. Numerics match the official formulation to float rounding (tested against it and against timm).
+computed as a per-plane correlation, far faster than oneDNN's. Numerics match the official formulation to
+float rounding (tested against it and against timm).
 """
 from __future__ import annotations
 
