@@ -169,6 +169,14 @@ def _onednn_linear(x, weight, bias, post_op='none', other=None):
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], '' if post_op == 'none' else 'none')
 
 
+def _linear_grads(grad, x, weight, needs):
+    """The gradients of ``x W^T + b`` for a contiguous ``grad``: ``(x, W, b)``, None where ``needs`` says so."""
+    grad_2d = grad.view(-1, grad.shape[-1])
+    return (grad.matmul(weight) if needs[0] else None,
+            grad_2d.t().mm(x.reshape(-1, x.shape[-1])) if needs[1] else None,
+            grad_2d.sum(0) if needs[2] else None)
+
+
 class _OneDNNLinear(torch.autograd.Function):
     """``x W^T + b [+ other]`` with oneDNN's forward and the ordinary matmul backward."""
 
@@ -183,12 +191,8 @@ class _OneDNNLinear(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         grad = grad.contiguous()
-        grad_2d = grad.view(-1, grad.shape[-1])
-        grad_x = grad.matmul(weight) if ctx.needs_input_grad[0] else None
-        grad_w = grad_2d.t().mm(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
-        grad_b = grad_2d.sum(0) if ctx.needs_input_grad[2] else None
         grad_other = grad if ctx.has_other and ctx.needs_input_grad[3] else None
-        return grad_x, grad_w, grad_b, grad_other
+        return (*_linear_grads(grad, x, weight, ctx.needs_input_grad[:3]), grad_other)
 
 
 class _OneDNNMlp(torch.autograd.Function):
@@ -211,22 +215,15 @@ class _OneDNNMlp(torch.autograd.Function):
         x, weight1, hidden, weight2, act = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad = grad.contiguous()
-        grad_2d = grad.view(-1, grad.shape[-1])
-        if needs[3]:
-            act = F.gelu(hidden) if act is None else act
-            grad_w2 = grad_2d.t().mm(act.view(-1, act.shape[-1]))
-        else:
-            grad_w2 = None
+        if act is None and needs[3]:
+            act = F.gelu(hidden)
+        _, grad_w2, grad_b2 = _linear_grads(grad, act, weight2, (False, needs[3], needs[4]))
         del act  # a recomputed one is freed before the hidden gradient is allocated
-        grad_b2 = grad_2d.sum(0) if needs[4] else None
         grad_x = grad_w1 = grad_b1 = None
         if needs[0] or needs[1] or needs[2]:
             grad_hidden = grad.matmul(weight2)
             torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
-            grad_hidden_2d = grad_hidden.view(-1, grad_hidden.shape[-1])
-            grad_x = grad_hidden.matmul(weight1) if needs[0] else None
-            grad_w1 = grad_hidden_2d.t().mm(x.reshape(-1, x.shape[-1])) if needs[1] else None
-            grad_b1 = grad_hidden_2d.sum(0) if needs[2] else None
+            grad_x, grad_w1, grad_b1 = _linear_grads(grad_hidden, x, weight1, needs[:3])
         grad_other = grad if ctx.has_other and needs[5] else None
         return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_other, None
 

@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from convnext_backbone import ARCH_SETTINGS, ConvNeXt
-from convnext_backbone.convnext import _ONEDNN
+from convnext_backbone.convnext import _ONEDNN, Block
 from reference_convnext import OfficialConvNeXt, randomize_
 
 TINY = dict(depths=[1, 2, 2, 1], channels=[8, 16, 24, 32])
@@ -190,7 +190,6 @@ def test_with_cp_and_channels_last_match_eager_including_drop_path():
 
 
 def test_with_cp_really_recomputes_blocks_in_backward(monkeypatch):
-    from convnext_backbone.convnext import Block
     calls = []
     forward = Block.forward
     monkeypatch.setattr(Block, 'forward', lambda self, x: calls.append(1) or forward(self, x))
@@ -298,3 +297,14 @@ def test_torch_compile_trains_and_matches_eager():
         assert (a - b).abs().max() < 1e-4
     for name, g in grads_eager.items():
         assert (grads_compiled['_orig_mod.' + name] - g).abs().max() < 1e-4 * max(1.0, g.abs().max()), name
+
+
+def test_cpu_autocast_training_skips_the_float32_kernels():
+    """Under CPU autocast the blocks take the plain ops (which autocast); our float32 nodes would mix dtypes."""
+    block = Block(8).train()
+    x = torch.randn(2, 8, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = block(x)
+    assert not {'_DepthwiseConvBackward', '_OneDNNMlpBackward'} & _autograd_nodes(out)
+    out.float().sum().backward()
+    assert x.grad is not None and block.dwconv.weight.grad is not None and block.pwconv1.weight.grad is not None
