@@ -29,6 +29,9 @@ setup(
         'regex',
     ],
     extras_require={
-        'tests': ['pytest>=8', 'matplotlib'],
+        # reference implementations and exporters the tests use (never imported by the package); mmpretrain
+        # itself is installed with --no-deps by tools/install.sh, its import-time needs are listed here
+        'tests': ['pytest>=8', 'matplotlib', 'transformers>=5', 'onnx', 'onnxruntime', 'onnxscript',
+                  'einops', 'importlib-metadata', 'mat4py', 'modelindex', 'rich'],
     },
 )

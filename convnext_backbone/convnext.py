@@ -7,12 +7,10 @@ official fine-tuned detectors/segmentors) is converted on the fly by :mod:`convn
 whichever way the weights arrive (``init_cfg=dict(type='Pretrained')`` or a whole-model ``load_from``).
 
 Speed: the network runs in channels-last memory format internally, so the permutes around the MLP are
-free views, every LayerNorm is ``F.layer_norm`` over a contiguous last dimension, and the layer-scale
-multiply is folded into the second pointwise weight. On CPU (float32) the pointwise linears run through
-oneDNN: without addmm's bias pre-copy, fused with GELU and with the residual add where the autograd allows;
-in training the MLP is one autograd node (GELU gradient in place) and the depthwise-conv weight gradient is
-computed as a per-plane correlation, far faster than oneDNN's. Numerics match the official formulation to
-float rounding (tested against it and against timm).
+free views and every LayerNorm is ``F.layer_norm`` over a contiguous last dimension. In eager float32 CPU
+work the blocks run through fused kernels (:mod:`convnext_backbone.cpu_kernels`, one entry point); tracers,
+exporters and compilers always see the plain block below. Numerics match the official formulation to float
+rounding (tested against it and against timm).
 """
 from __future__ import annotations
 
@@ -24,8 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from torch.autograd.function import once_differentiable
 from mmengine.model import BaseModule
+
+from . import cpu_kernels
 
 # depths, channels (timm and the ConvNeXt / ConvNeXt-V2 papers)
 ARCH_SETTINGS = {
@@ -90,7 +89,41 @@ def normalize_out_indices(out_indices, num_stages: int) -> tuple[int, ...]:
     return tuple(sorted(result))
 
 
-class LayerNorm2d(nn.LayerNorm):
+def _autocast(x: torch.Tensor) -> bool:
+    device = x.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+def _low_precision(x: torch.Tensor) -> bool:
+    if not isinstance(x.dtype, torch.dtype):  # an FX proxy: symbolic tracing records the float32 graph
+        return False
+    return x.dtype in (torch.float16, torch.bfloat16) or _autocast(x)
+
+
+def _float32(x: torch.Tensor):
+    """A context computing in float32: autocast switched off on x's device where it exists."""
+    if torch.amp.is_autocast_available(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm over the last dimension, numerically safe in half precision.
+
+    Under ``model.half()`` / bfloat16 or autocast (CUDA or CPU, fp16 or bf16) the normalisation is computed in
+    float32 and the result cast back to the input's dtype (the official channels-first formulation overflows
+    in fp16: facebookresearch/ConvNeXt#80). In float32 it is plain ``F.layer_norm``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _low_precision(x):
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        with _float32(x):
+            out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return out.to(x.dtype)
+
+
+class LayerNorm2d(LayerNorm):
     """LayerNorm over the channels of an NCHW tensor.
 
     The official version computes mean and variance by hand (several full passes over memory); here the
@@ -99,13 +132,14 @@ class LayerNorm2d(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.permute(0, 2, 3, 1)
-        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        return x.permute(0, 3, 1, 2)
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class GRN(nn.Module):
-    """ConvNeXt-V2 global response norm on an NHWC tensor; parameters shaped (1, 1, 1, C) as official."""
+    """ConvNeXt-V2 global response norm on an NHWC tensor; parameters shaped (1, 1, 1, C) as official.
+
+    The spatial L2 norm is taken in float32 whatever the input's dtype (in fp16 the sum of squares over a
+    feature map overflows); the normalised response is O(1) and applied in the input's dtype."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -114,10 +148,17 @@ class GRN(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
-        nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
+        gamma, beta = self.gamma, self.beta
+        if not _low_precision(x):
+            gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)
+            nx = gx / (gx.mean(dim=-1, keepdim=True) + self.eps)
+        else:
+            with _float32(x):
+                gx = torch.linalg.vector_norm(x.float(), ord=2, dim=(1, 2), keepdim=True)
+                nx = (gx / (gx.mean(dim=-1, keepdim=True) + self.eps)).to(x.dtype)
+            gamma, beta = gamma.to(x.dtype), beta.to(x.dtype)
         # gamma * (x * nx) + beta + x, in one pass over x
-        return torch.addcmul(self.beta, x, torch.addcmul(torch.ones_like(nx), self.gamma, nx))
+        return torch.addcmul(beta, x, torch.addcmul(torch.ones_like(nx), gamma, nx))
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
@@ -129,151 +170,6 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
     return x * mask.div_(keep_prob)
 
 
-def _onednn_linear_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise')
-
-
-_ONEDNN = _onednn_linear_available()
-_fused_enabled = True
-
-
-@contextlib.contextmanager
-def plain_ops():
-    """Run the blocks with plain torch ops only (no fused oneDNN kernels), e.g. for FLOP counters and
-    tracers that only know aten ops. Numerics are the same to float rounding."""
-    global _fused_enabled
-    previous, _fused_enabled = _fused_enabled, False
-    try:
-        yield
-    finally:
-        _fused_enabled = previous
-
-
-def _cpu_float32(x: torch.Tensor) -> bool:
-    """Our own CPU kernels apply: float32 on CPU, not under autocast, not disabled by :func:`plain_ops`, and not
-    while torch.compile traces (inductor fuses the plain ops itself and cannot lower oneDNN's linear with
-    trainable weights)."""
-    return (_fused_enabled and x.device.type == 'cpu' and x.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling())
-
-
-def _use_onednn(x: torch.Tensor) -> bool:
-    return _ONEDNN and _cpu_float32(x) and x.is_contiguous()
-
-
-def _onednn_linear(x, weight, bias, post_op='none', other=None):
-    """oneDNN's fused CPU linear: ``post_op(x W^T + b)`` or ``x W^T + b + other``. Unlike ``addmm`` it does not
-    first copy the broadcast bias into the output, and it fuses the activation / residual add."""
-    if other is not None:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, 'add')
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], '' if post_op == 'none' else 'none')
-
-
-def _linear_grads(grad, x, weight, needs):
-    """The gradients of ``x W^T + b`` for a contiguous ``grad``: ``(x, W, b)``, None where ``needs`` says so."""
-    grad_2d = grad.view(-1, grad.shape[-1])
-    return (grad.matmul(weight) if needs[0] else None,
-            grad_2d.t().mm(x.reshape(-1, x.shape[-1])) if needs[1] else None,
-            grad_2d.sum(0) if needs[2] else None)
-
-
-class _OneDNNLinear(torch.autograd.Function):
-    """``x W^T + b [+ other]`` with oneDNN's forward and the ordinary matmul backward."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, other=None):
-        ctx.save_for_backward(x, weight)
-        ctx.has_other = other is not None
-        return _onednn_linear(x, weight, bias, other=other)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_other = grad if ctx.has_other and ctx.needs_input_grad[3] else None
-        return (*_linear_grads(grad, x, weight, ctx.needs_input_grad[:3]), grad_other)
-
-
-class _OneDNNMlp(torch.autograd.Function):
-    """``GELU(x W1^T + b1) W2^T + b2 [+ other]`` in one autograd node: the linears as in :class:`_OneDNNLinear`,
-    and the GELU gradient written over the hidden-activation gradient in place (one 4C-channel buffer fewer
-    per block in backward, which on CPU is fresh memory to fault in). With ``save_act=False`` the GELU output
-    is recomputed in backward instead of kept (for activation checkpointing: 4C channels less at the peak)."""
-
-    @staticmethod
-    def forward(ctx, x, weight1, bias1, weight2, bias2, other=None, save_act=True):
-        hidden = _onednn_linear(x, weight1, bias1)
-        act = F.gelu(hidden)
-        ctx.save_for_backward(x, weight1, hidden, weight2, act if save_act else None)
-        ctx.has_other = other is not None
-        return _onednn_linear(act, weight2, bias2, other=other)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, weight1, hidden, weight2, act = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad = grad.contiguous()
-        if act is None and needs[3]:
-            act = F.gelu(hidden)
-        _, grad_w2, grad_b2 = _linear_grads(grad, act, weight2, (False, needs[3], needs[4]))
-        del act  # a recomputed one is freed before the hidden gradient is allocated
-        grad_x = grad_w1 = grad_b1 = None
-        if needs[0] or needs[1] or needs[2]:
-            grad_hidden = grad.matmul(weight2)
-            torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
-            grad_x, grad_w1, grad_b1 = _linear_grads(grad_hidden, x, weight1, needs[:3])
-        grad_other = grad if ctx.has_other and needs[5] else None
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_other, None
-
-
-class _DepthwiseConv(torch.autograd.Function):
-    """The blocks' depthwise KxK conv (stride 1, zero 'same' padding) with a faster CPU weight gradient.
-
-    oneDNN's depthwise weight gradient runs far slower than its forward (ConvNeXt-T at 224, batch 8: 19 / 9 / 6
-    / 14 ms per block in stages 0-3, against 2.2 / 0.8 / 0.5 / 0.3 ms forward). The same gradient is a
-    correlation of each (sample, channel) input plane with its output-gradient plane: a depthwise conv with
-    the gradient as an HxW kernel and a KxK output, summed over the batch (7 / 3 / 2 / 1.4 ms there).
-    Forward and input gradient are the ordinary conv ops."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        n, c, h, w = x.shape
-        k = weight.shape[-1]
-        pad = k // 2
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad = grad.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
-                memory_format=torch.channels_last) else grad.contiguous()
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], c, [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            # one sample at a time: as fast, and the NCHW copies stay one sample's size
-            padded = x.new_zeros(1, c, h + 2 * pad, w + 2 * pad)  # the zero border is written once
-            grad_w = weight.new_zeros(c, 1, k, k)
-            for i in range(n):
-                padded[0, :, pad:pad + h, pad:pad + w] = x[i]
-                grad_w += F.conv2d(padded, grad[i].contiguous().view(c, 1, h, w), groups=c).view(c, 1, k, k)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b
-
-
-def _depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
-    if _cpu_float32(x) and torch.is_grad_enabled() and conv.weight.requires_grad:
-        return _DepthwiseConv.apply(x, conv.weight, conv.bias)
-    return conv(x)
-
-
 class Block(nn.Module):
     """dwconv 7x7 -> LN -> Linear(4C) -> GELU [-> GRN] -> Linear(C) [* gamma] -> drop path -> + input."""
 
@@ -281,7 +177,7 @@ class Block(nn.Module):
                  use_grn: bool = False, mlp_ratio: int = 4):
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, mlp_ratio * dim)
         self.act = nn.GELU()
         self.grn = GRN(mlp_ratio * dim) if use_grn else None
@@ -292,37 +188,21 @@ class Block(nn.Module):
         self.low_memory = False  # set under activation checkpointing: recompute rather than keep the GELU output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if cpu_kernels.applies(x):  # eager float32 CPU: the same block through fused kernels
+            return cpu_kernels.block_forward(self, x)
         shortcut = x
-        # NHWC view; contiguous in channels-last memory
-        x = self.norm(_depthwise_conv(x, self.dwconv).permute(0, 2, 3, 1))
-        weight, bias = self.pwconv2.weight, self.pwconv2.bias
+        x = self.dwconv(x).permute(0, 2, 3, 1)  # NCHW -> NHWC: channels last for LayerNorm and the linears
+        x = self.norm(x)
+        x = self.act(self.pwconv1(x))
+        if self.grn is not None:
+            x = self.grn(x)
+        x = self.pwconv2(x)
         if self.gamma is not None:
-            # gamma * (W x + b) == (gamma[:, None] * W) x + gamma * b: scales C x 4C weights instead of
-            # the whole activation map.
-            weight, bias = weight * self.gamma[:, None], bias * self.gamma
-        fuse_residual = not (self.training and self.drop_path_rate > 0)
-        shortcut_nhwc = shortcut.permute(0, 2, 3, 1)
-        if _use_onednn(x) and shortcut_nhwc.is_contiguous():
-            if torch.is_grad_enabled() and self.grn is None:
-                x = _OneDNNMlp.apply(x, self.pwconv1.weight, self.pwconv1.bias, weight, bias,
-                                     shortcut_nhwc if fuse_residual else None, not self.low_memory)
-                x = x.permute(0, 3, 1, 2)
-                return x if fuse_residual else shortcut + drop_path(x, self.drop_path_rate, self.training)
-            if torch.is_grad_enabled():
-                x = self.act(_OneDNNLinear.apply(x, self.pwconv1.weight, self.pwconv1.bias))
-            else:
-                x = _onednn_linear(x, self.pwconv1.weight, self.pwconv1.bias, 'gelu')
-            if self.grn is not None:
-                x = self.grn(x)
-            if fuse_residual:
-                return _OneDNNLinear.apply(x, weight, bias, shortcut_nhwc).permute(0, 3, 1, 2)
-            x = _OneDNNLinear.apply(x, weight, bias)
-        else:  # other devices / dtypes, or memory layouts oneDNN's linear does not take
-            x = self.act(self.pwconv1(x))
-            if self.grn is not None:
-                x = self.grn(x)
-            x = F.linear(x, weight, bias)
-        return shortcut + drop_path(x.permute(0, 3, 1, 2), self.drop_path_rate, self.training)
+            x = self.gamma * x
+        return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
+
+    def drop_path(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.drop_path_rate, self.training)
 
     def extra_repr(self) -> str:
         return f'drop_path_rate={self.drop_path_rate:.3f}'

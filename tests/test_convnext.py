@@ -5,7 +5,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from convnext_backbone import ARCH_SETTINGS, ConvNeXt
-from convnext_backbone.convnext import _ONEDNN, Block
+from convnext_backbone.convnext import Block
+from convnext_backbone.cpu_kernels import ONEDNN as _ONEDNN
 from reference_convnext import OfficialConvNeXt, randomize_
 
 TINY = dict(depths=[1, 2, 2, 1], channels=[8, 16, 24, 32])
@@ -70,7 +71,7 @@ def test_fast_path_equals_official_forward_and_gradients(use_grn, ls):
 
 
 def test_depthwise_conv_fast_weight_gradient_gradcheck():
-    from convnext_backbone.convnext import _DepthwiseConv
+    from convnext_backbone.cpu_kernels import _DepthwiseConv
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 1, 7, 7, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
@@ -81,7 +82,7 @@ def test_depthwise_conv_fast_weight_gradient_gradcheck():
 @pytest.mark.parametrize('channels_last,bias,input_grad,contiguous_grad', [
     (True, True, True, True), (False, True, True, False), (True, False, False, True), (True, True, False, False)])
 def test_depthwise_conv_fast_weight_gradient_equals_autograd(channels_last, bias, input_grad, contiguous_grad):
-    from convnext_backbone.convnext import _DepthwiseConv
+    from convnext_backbone.cpu_kernels import _DepthwiseConv
     torch.manual_seed(0)
     conv = nn.Conv2d(5, 5, kernel_size=7, padding=3, groups=5, bias=bias)
     x = torch.randn(3, 5, 9, 13)
@@ -106,7 +107,7 @@ def test_depthwise_conv_fast_weight_gradient_equals_autograd(channels_last, bias
 def test_fused_training_path_equals_plain_ops_with_active_drop_path(ls):
     """The fused CPU nodes (depthwise conv, MLP without the residual fused, as drop path needs) give the
     plain-op gradients; drop_path_rate 1e-9 is active but keeps every path."""
-    from convnext_backbone.convnext import plain_ops
+    from convnext_backbone.cpu_kernels import plain_ops
     torch.manual_seed(0)
     model = randomize_(ConvNeXt(TINY, drop_path_rate=1e-9, layer_scale_init_value=ls)).train()
     x = torch.randn(2, 3, 64, 64)

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import build_model_from_config, dummy_batch, load_config  # noqa: E402
 
 from convnext_backbone import ConvNeXt  # noqa: E402
-from convnext_backbone.convnext import plain_ops  # noqa: E402
+from convnext_backbone.cpu_kernels import plain_ops  # noqa: E402
 
 
 def count_macs(fn) -> float:

@@ -86,11 +86,15 @@ fi
 say "the rest of the pinned stack and convnext_backbone (editable, with test extras)"
 "${PIP[@]}" install -q -e ".[tests]"
 
+say "mmpretrain $(pin mmpretrain) for the tests, without its dependencies (they would move the pins above)"
+"${PIP[@]}" install -q --no-deps "mmpretrain==$(pin mmpretrain)"
+
 say "checking the stack imports"
 "$PY" - <<'PY'
 import torch, torchvision, mmcv, mmengine, mmdet, mmseg, timm, numpy
 from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops load)
 import convnext_backbone
+import mmpretrain, onnx, onnxruntime, onnxscript, transformers  # noqa: F401,E401  (test extras)
 print(f"[install] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, mmcv {mmcv.__version__}, "
       f"mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, "
       f"timm {timm.__version__}, numpy {numpy.__version__}")
