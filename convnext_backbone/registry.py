@@ -1,18 +1,38 @@
-"""Register our modules in mmdet's and mmseg's registries (``custom_imports`` is all a project needs)."""
-from mmdet.registry import HOOKS as MMDET_HOOKS
-from mmdet.registry import MODELS as MMDET_MODELS
-from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMDET_CONSTRUCTORS
-from mmseg.registry import HOOKS as MMSEG_HOOKS
-from mmseg.registry import MODELS as MMSEG_MODELS
-from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMSEG_CONSTRUCTORS
+"""Registration: one import makes our modules available to every OpenMMLab 2.x codebase.
+
+``import convnext_backbone`` (or ``custom_imports=dict(imports=['convnext_backbone'])``) registers ``ConvNeXt``,
+``ConvNeXtLayerDecayOptimizerConstructor`` and our hooks twice:
+
+1. In mmengine's root registries (``MODELS``, ``OPTIM_WRAPPER_CONSTRUCTORS``, ``HOOKS``). Every downstream
+   codebase's registries (mmdet, mmseg, mmpretrain, mmpose, mmyolo, mmrotate, a lab's own) are children of
+   these, and a registry that has no entry of a name looks it up in its parents: ``type='ConvNeXt'`` works in
+   any scope that has no ``ConvNeXt`` of its own.
+2. In our own scope, ``convnext_backbone``, whose registries are children of the root: the scoped name
+   ``type='convnext_backbone.ConvNeXt'`` means ours from any scope, by OpenMMLab's usual ``scope.Name`` rule.
+
+Where a codebase has a ``ConvNeXt`` of its own (mmpretrain), its scope finds that one first: in an
+mmpretrain config, ``type='ConvNeXt'`` is mmpretrain's and ``type='convnext_backbone.ConvNeXt'`` is ours.
+mmdet 3 and mmseg 1 have none, so there ``type='ConvNeXt'`` is ours.
+
+Nothing here imports mmdet, mmseg or mmpretrain: the package needs only torch and mmengine.
+"""
+from mmengine.registry import HOOKS as ROOT_HOOKS
+from mmengine.registry import MODELS as ROOT_MODELS
+from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_CONSTRUCTORS
+from mmengine.registry import Registry
 
 from .convnext import ConvNeXt
 from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor
 from .rng_state import RNGStateHook
 
-for registry in (MMDET_MODELS, MMSEG_MODELS):
+SCOPE = 'convnext_backbone'
+MODELS = Registry('model', parent=ROOT_MODELS, scope=SCOPE)
+OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor', parent=ROOT_CONSTRUCTORS, scope=SCOPE)
+HOOKS = Registry('hook', parent=ROOT_HOOKS, scope=SCOPE)
+
+for registry in (ROOT_MODELS, MODELS):
     registry.register_module(module=ConvNeXt)
-for registry in (MMDET_CONSTRUCTORS, MMSEG_CONSTRUCTORS):
+for registry in (ROOT_CONSTRUCTORS, OPTIM_WRAPPER_CONSTRUCTORS):
     registry.register_module(module=ConvNeXtLayerDecayOptimizerConstructor)
-for registry in (MMDET_HOOKS, MMSEG_HOOKS):
+for registry in (ROOT_HOOKS, HOOKS):
     registry.register_module(module=RNGStateHook)
