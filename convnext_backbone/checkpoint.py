@@ -13,7 +13,8 @@ Layouts recognised from the keys (after unwrapping ``state_dict`` / ``model`` / 
 
 Classification-only tensors (``head.*``, the final pooled ``norm``; timm's ``head.norm``; in an mmpretrain
 classifier, the last ``norm{i}``, which is applied after pooling) are skipped and reported, as the official
-detection code does: the dense output norms start fresh.
+detection code does: the dense output norms start fresh. The final pooled norm is kept aside
+(``Conversion.final_norm``): a backbone in ``gap_before_final_norm`` mode takes it as its last output norm.
 
 The functions that map keys are pure and tested directly; file loading never unpickles arbitrary objects.
 """
@@ -160,6 +161,25 @@ class Conversion:
     state_dict: dict
     format: str
     skipped: list = field(default_factory=list)  # keys dropped as classification-only / outside backbone
+    final_norm: dict = field(default_factory=dict)  # the classifier's final pooled norm: {source key: tensor}
+
+
+# --- the classifier's final pooled norm (issue 18: gap_before_final_norm takes it) ------------------
+_FINAL_NORM = {'official': re.compile(r'^norm\.(weight|bias)$'), 'timm': re.compile(r'^head\.norm\.(weight|bias)$')}
+
+
+def claim_final_norm(model, result: Conversion) -> None:
+    """In ``gap_before_final_norm`` mode, load the classifier's final pooled norm into the model's last output
+    norm (``model.final_norm_name``) instead of skipping it; in dense mode leave it skipped."""
+    target = getattr(model, 'final_norm_name', None)
+    if not target or not result.final_norm:
+        return
+    for key, value in result.final_norm.items():
+        result.state_dict[f'{target}.{key.rsplit(".", 1)[1]}'] = value
+    result.skipped = [k for k in result.skipped if k not in result.final_norm]
+    print_log(f'ConvNeXt (gap_before_final_norm): the classifier\'s final norm {_short(result.final_norm)} '
+              f'loads into {target}', logger='current')
+# --- end of the final pooled norm -------------------------------------------------------------------
 
 
 def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: bool | None = None
@@ -177,13 +197,16 @@ def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: 
     if fmt == 'mmpretrain' and is_classifier:
         norms = sorted(int(m.group(1)) for k in state_dict if (m := re.match(r'^norm(\d+)\.', k)))
         last_norm = f'norm{norms[-1]}.' if norms else None
+    final_norm = {}
     for key, value in state_dict.items():
         new = convert_key(key, fmt)
         if new is None or (last_norm and key.startswith(last_norm)):
             skipped.append(key)
+            if (last_norm and key.startswith(last_norm)) or (fmt in _FINAL_NORM and _FINAL_NORM[fmt].match(key)):
+                final_norm[key] = value
             continue
         out[new] = _to_our_shape(new, value)
-    return Conversion(out, fmt, skipped)
+    return Conversion(out, fmt, skipped, final_norm)
 
 
 def split_backbone(state_dict: dict, prefix: str | None = None) -> tuple[dict, list, bool]:
@@ -257,7 +280,8 @@ def adapt_state_dict_in_place(model, state_dict: dict, prefix: str) -> None:
     except CheckpointError:
         return  # nothing ConvNeXt-like under this prefix: torch reports the keys as missing/unexpected
     result = convert_state_dict(local, fmt)
-    if fmt != 'official' or result.skipped:
+    claim_final_norm(model, result)
+    if fmt != 'official' or result.skipped or result.final_norm:
         for k in keys:
             del state_dict[k]
         state_dict.update({prefix + k: v for k, v in result.state_dict.items()})
@@ -268,7 +292,8 @@ def adapt_state_dict_in_place(model, state_dict: dict, prefix: str) -> None:
     expected = dict(model.named_parameters())
     expected.update(model.named_buffers())
     for key, value in result.state_dict.items():
-        if key in expected and expected[key].shape != value.shape:
+        # pointwise weights compare in their linear form (1x1-conv ones with linear_pw_conv=False)
+        if key in expected and _to_our_shape(key, expected[key]).shape != value.shape:
             raise CheckpointError(
                 f'Checkpoint tensor {prefix + key!r} has shape {tuple(value.shape)} but {_describe(model)} '
                 f'expects {tuple(expected[key].shape)}: the checkpoint was made for another architecture. '
@@ -286,6 +311,7 @@ def load_pretrained(model, checkpoint: str, prefix: str | None = None, map_locat
     state_dict = unwrap_state_dict(read_checkpoint(checkpoint, map_location))
     backbone, outside, has_head = split_backbone(state_dict, prefix)
     result = convert_state_dict(backbone, is_classifier=has_head or None)
+    claim_final_norm(model, result)
     result.skipped = outside + result.skipped
     # Our layout now; the model's own hook checks shapes.
     incompatible = model.load_state_dict(result.state_dict, strict=False)

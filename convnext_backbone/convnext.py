@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -87,6 +88,96 @@ def normalize_out_indices(out_indices, num_stages: int) -> tuple[int, ...]:
     if len(set(result)) != len(result):
         raise ValueError(f'ConvNeXt: out_indices {list(out_indices)} names a stage twice.')
     return tuple(sorted(result))
+
+
+NORM_TYPES = ('LN2d', 'LN')  # mmpretrain's names of the one norm ConvNeXt has: LayerNorm over channels
+
+
+def norm_settings(norm_cfg) -> tuple[float, bool]:
+    """``(eps, requires_grad)`` of the LayerNorms from an mmpretrain-style ``norm_cfg`` (None: eps 1e-6).
+
+    As in mmpretrain's ``build_norm_layer``, a cfg without ``eps`` means eps 1e-5."""
+    if norm_cfg is None:
+        return 1e-6, True
+    if not isinstance(norm_cfg, dict) or norm_cfg.get('type') not in NORM_TYPES:
+        raise ValueError(f'ConvNeXt: norm_cfg {norm_cfg!r} is not supported: every ConvNeXt norm is a LayerNorm '
+                         "over channels; use dict(type='LN2d', eps=1e-6) (or type 'LN', the same here).")
+    unknown = set(norm_cfg) - {'type', 'eps', 'requires_grad'}
+    if unknown:
+        raise ValueError(f'ConvNeXt: norm_cfg {norm_cfg!r} has keys {sorted(unknown)} that a LayerNorm over '
+                         'channels does not take; valid keys: type, eps, requires_grad.')
+    eps = norm_cfg.get('eps', 1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f'ConvNeXt: norm_cfg eps must be a positive number, got {eps!r}.')
+    requires_grad = norm_cfg.get('requires_grad', True)
+    if not isinstance(requires_grad, bool):
+        raise ValueError(f'ConvNeXt: norm_cfg requires_grad must be True or False, got {requires_grad!r}.')
+    return float(eps), requires_grad
+
+
+def build_activation(act_cfg) -> nn.Module:
+    """The blocks' activation: exact GELU for None, else what mmengine's ``MODELS`` registry builds from
+    ``act_cfg`` (e.g. ``dict(type='GELU')``, ``dict(type='ReLU')``, ``dict(type='GELU', approximate='tanh')``)."""
+    if act_cfg is None:
+        return nn.GELU()
+    if not isinstance(act_cfg, dict) or 'type' not in act_cfg:
+        raise ValueError(f"ConvNeXt: act_cfg must be a dict with a 'type', e.g. dict(type='GELU'), "
+                         f'got {act_cfg!r}.')
+    try:
+        import mmcv.cnn  # noqa: F401  (registers torch's activations, GELU, ReLU, SiLU, ..., in mmengine's MODELS)
+    except ImportError:
+        pass
+    from mmengine.registry import MODELS
+    try:
+        act = MODELS.build(dict(act_cfg))
+    except Exception as exc:  # the registry raises KeyError / TypeError / ...: give one clear error
+        raise ValueError(f"ConvNeXt: act_cfg {act_cfg!r} cannot be built by mmengine's MODELS registry "
+                         f'({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); use a registered '
+                         "activation, e.g. dict(type='GELU') or dict(type='ReLU').") from exc
+    if not isinstance(act, nn.Module):
+        raise ValueError(f'ConvNeXt: act_cfg {act_cfg!r} built a {type(act).__name__}, not an nn.Module.')
+    return act
+
+
+def resolve_kernel_sizes(kernel_size, num_stages: int) -> list[int]:
+    """The depthwise conv's kernel size per stage from one int or one per stage; odd (same-size output)."""
+    sizes = [kernel_size] * num_stages if isinstance(kernel_size, int) else kernel_size
+    if not isinstance(sizes, Sequence) or isinstance(sizes, str) or len(sizes) != num_stages or any(
+            isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0 for k in sizes):
+        raise ValueError(f'ConvNeXt: kernel_size must be an odd positive int or a sequence of {num_stages} of '
+                         f'them (one per stage; an even kernel cannot keep the residual\'s size), '
+                         f'got {kernel_size!r}.')
+    return list(sizes)
+
+
+class _NotGiven:
+    """Marks an alias argument the caller did not pass."""
+
+    def __repr__(self):
+        return 'NOT_GIVEN'
+
+
+NOT_GIVEN = _NotGiven()
+
+
+def _merge_alias(name, value, alias, alias_value, default, same=lambda a, b: a == b):
+    """One value from an argument and its alias (e.g. timm's name); both given and different is an error."""
+    if alias_value is NOT_GIVEN:
+        return default if value is NOT_GIVEN else value
+    if value is not NOT_GIVEN and not same(value, alias_value):
+        raise ValueError(f'ConvNeXt: `{name}`={value!r} and its alias `{alias}`={alias_value!r} disagree; '
+                         'give only one of them.')
+    return alias_value
+
+
+_logged_mmpretrain_defaults = False
+
+
+def _mmpretrain_scope() -> bool:
+    """Whether the model is being built in mmpretrain's default scope (i.e. from an mmpretrain config)."""
+    from mmengine.registry import DefaultScope
+    current = DefaultScope.get_current_instance()
+    return current is not None and current.scope_name == 'mmpretrain'
 
 
 def _autocast(x: torch.Tensor) -> bool:
@@ -171,38 +262,70 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
 
 
 class Block(nn.Module):
-    """dwconv 7x7 -> LN -> Linear(4C) -> GELU [-> GRN] -> Linear(C) [* gamma] -> drop path -> + input."""
+    """dwconv KxK -> LN -> pointwise(4C) -> act [-> GRN] -> pointwise(C) [* gamma] -> drop path -> + input.
+
+    The pointwise layers are ``nn.Linear`` on the NHWC view (``linear_pw_conv=True``, the official form) or
+    1x1 ``nn.Conv2d`` in a channels-first block (``linear_pw_conv=False``, mmpretrain's other form); the
+    parameter names are the same either way and a state dict of one form loads into the other (the weights
+    are reshaped in :meth:`_load_from_state_dict`). ``fast_path_ok`` says whether the configuration is one the
+    CPU kernels implement (linear pointwise layers, exact GELU); any other runs the plain ops below.
+    """
 
     def __init__(self, dim: int, drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-6,
-                 use_grn: bool = False, mlp_ratio: int = 4):
+                 use_grn: bool = False, mlp_ratio: int = 4, kernel_size: int = 7, conv_bias: bool = True,
+                 norm_eps: float = 1e-6, act_cfg: dict | None = None, linear_pw_conv: bool = True):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
-        self.norm = LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, mlp_ratio * dim)
-        self.act = nn.GELU()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2, groups=dim,
+                                bias=conv_bias)
+        self.linear_pw_conv = linear_pw_conv
+        self.norm = (LayerNorm if linear_pw_conv else LayerNorm2d)(dim, eps=norm_eps)
+        pointwise = nn.Linear if linear_pw_conv else partial(nn.Conv2d, kernel_size=1)
+        self.pwconv1 = pointwise(dim, mlp_ratio * dim)
+        self.act = build_activation(act_cfg)
         self.grn = GRN(mlp_ratio * dim) if use_grn else None
-        self.pwconv2 = nn.Linear(mlp_ratio * dim, dim)
+        self.pwconv2 = pointwise(mlp_ratio * dim, dim)
         self.gamma = (nn.Parameter(layer_scale_init_value * torch.ones(dim))
                       if layer_scale_init_value > 0 else None)
         self.drop_path_rate = drop_path_rate
         self.low_memory = False  # set under activation checkpointing: recompute rather than keep the GELU output
+        self.fast_path_ok = (linear_pw_conv and type(self.act) is nn.GELU and self.act.approximate == 'none')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_kernels.applies(x):  # eager float32 CPU: the same block through fused kernels
+        if self.fast_path_ok and cpu_kernels.applies(x):  # eager float32 CPU: the same block, fused kernels
             return cpu_kernels.block_forward(self, x)
         shortcut = x
-        x = self.dwconv(x).permute(0, 2, 3, 1)  # NCHW -> NHWC: channels last for LayerNorm and the linears
-        x = self.norm(x)
-        x = self.act(self.pwconv1(x))
-        if self.grn is not None:
-            x = self.grn(x)
-        x = self.pwconv2(x)
-        if self.gamma is not None:
-            x = self.gamma * x
-        return shortcut + self.drop_path(x.permute(0, 3, 1, 2))
+        x = self.dwconv(x)
+        if self.linear_pw_conv:
+            x = x.permute(0, 2, 3, 1)  # NCHW -> NHWC: channels last for LayerNorm and the linears
+            x = self.act(self.pwconv1(self.norm(x)))
+            if self.grn is not None:
+                x = self.grn(x)
+            x = self.pwconv2(x)
+            if self.gamma is not None:
+                x = self.gamma * x
+            x = x.permute(0, 3, 1, 2)
+        else:  # channels first throughout; GRN takes the (free) NHWC view of the channels-last memory
+            x = self.act(self.pwconv1(self.norm(x)))
+            if self.grn is not None:
+                x = self.grn(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+            x = self.pwconv2(x)
+            if self.gamma is not None:
+                x = self.gamma[:, None, None] * x
+        return shortcut + self.drop_path(x)
 
     def drop_path(self, x: torch.Tensor) -> torch.Tensor:
         return drop_path(x, self.drop_path_rate, self.training)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Pointwise weights arrive as linear (C_out, C_in) or 1x1-conv (C_out, C_in, 1, 1) tensors whichever
+        # form the checkpoint was trained in: give them this block's form.
+        for name in ('pwconv1.weight', 'pwconv2.weight'):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, torch.Tensor):
+                target = self.get_submodule(name.split('.')[0]).weight
+                if value.ndim != target.ndim and value.numel() == target.numel():
+                    state_dict[prefix + name] = value.reshape(target.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f'drop_path_rate={self.drop_path_rate:.3f}'
@@ -211,48 +334,86 @@ class Block(nn.Module):
 class ConvNeXt(BaseModule):
     """ConvNeXt V1/V2 backbone returning normalised multi-scale features (strides 4, 8, 16, 32).
 
+    Accepts every argument of mmpretrain 1.2's ``ConvNeXt`` (same meaning, same positional order), the
+    official facebookresearch names, and timm's ablation knobs. Where a default differs from mmpretrain's it
+    says so below; the README has the full table (ours / mmpretrain / timm / official).
+
     Args:
-        arch: one of :data:`ARCH_SETTINGS` or ``dict(depths=[...], channels=[...])``.
+        arch: one of :data:`ARCH_SETTINGS` or ``dict(depths=[...], channels=[...])``. mmpretrain raises
+            AssertionError for a bad arch, we raise ValueError naming the valid ones.
         in_channels: input image channels.
-        out_indices: stages whose (``norm{i}``-normalised) outputs are returned; negatives count from the end.
-        drop_path_rate: stochastic depth of the last block; rates rise linearly from 0 over all blocks.
-        layer_scale_init_value: initial layer-scale ``gamma``; 0 disables layer scale (ConvNeXt-V2).
+        stem_patch_size: the stem conv's kernel and stride (any positive int; 4 in the paper).
+        norm_cfg: the LayerNorms (stem, downsampling, blocks, outputs): ``dict(type='LN2d', eps=...)`` or
+            ``type='LN'`` (the same here: every ConvNeXt norm normalises over channels), optional
+            ``requires_grad``; eps defaults to 1e-5 when the cfg leaves it out, as mmpretrain's
+            ``build_norm_layer``. None (default) is ``dict(type='LN2d', eps=1e-6)``, mmpretrain's default.
+            Any other norm type raises ValueError.
+        act_cfg: the blocks' activation, anything mmengine's ``MODELS`` registry builds (``dict(type='GELU')``,
+            ``dict(type='ReLU')``, ...). None (default) is exact GELU, as mmpretrain's ``dict(type='GELU')``.
+            Exact GELU with linear pointwise layers runs through the CPU fast path; others take the plain ops.
+        linear_pw_conv: pointwise layers as ``nn.Linear`` on the NHWC view (True, official) or as 1x1 convs in
+            a channels-first block (False, mmpretrain's alternative; plain ops only). Parameter names are ours
+            either way (``pwconv1/2``, 4-D weights when False) and checkpoints of either form load into both.
         use_grn: add ConvNeXt-V2's global response norm to every block.
+        drop_path_rate: stochastic depth of the last block; rates rise linearly from 0 over all blocks.
+        layer_scale_init_value: initial layer-scale ``gamma`` (default 1e-6); 0 disables layer scale
+            (ConvNeXt-V2). ``ls_init_value`` is timm's name for it.
+        out_indices: stages whose (``norm{i}``-normalised) outputs are returned; negatives count from the end
+            (of this arch's stages; mmpretrain counts from 4 whatever the arch). **Default differs**: None
+            means all stages, for dense tasks; in mmpretrain's scope (an mmpretrain config) None means
+            mmpretrain's default ``-1`` (last stage only), logged once.
         frozen_stages: freeze the stem + stage 0, ..., up to stage ``frozen_stages - 1`` with their
             downsampling layers (eval mode, no grad, kept so after ``.train()``); 0 or -1 freezes nothing.
             The output norms are never frozen: they are new for dense tasks.
+        gap_before_final_norm: classification mode (mmpretrain's): each output is globally average-pooled,
+            then normalised by its ``norm{i}``, shape ``(N, C)``. A classification checkpoint's final pooled
+            norm (official ``norm.``, timm ``head.norm.``, an mmpretrain classifier's last ``norm{i}``) then
+            loads into the last stage's norm; in dense mode it is skipped. **Default differs**: None means
+            False (dense feature maps); in mmpretrain's scope it means mmpretrain's default True, logged once.
         with_cp: activation checkpointing per block, except in the last stage (about half the training
-            memory; same outputs and grads).
-        channels_last: return features in channels-last memory format (the backbone always computes in
-            it); by default they are returned as ordinary contiguous NCHW tensors.
-        gap_before_final_norm: mmpretrain's classification mode: return globally average-pooled
-            ``(N, C)`` features for every out index. Dense tasks keep the default False.
-        in_chans, depths, dims: the official facebookresearch config names for in_channels / arch.
-        pretrained: deprecated shortcut for ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``.
+            memory; same outputs and grads. mmpretrain checkpoints every block, only when the input
+            requires grad).
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=PATH_OR_URL[, prefix=...])``
             loads any supported checkpoint format (see :mod:`convnext_backbone.checkpoint`).
+        channels_last: return features in channels-last memory format (the backbone always computes in
+            it); by default they are returned as ordinary contiguous NCHW tensors. (Ours only.)
+        kernel_size: the depthwise conv's kernel, one odd int or one per stage (the paper's 3..11 ablation;
+            timm's ``kernel_sizes``, also accepted under that name). mmpretrain has no such argument (7).
+        conv_bias: bias in the stem, downsampling and depthwise convs (timm's ``conv_bias``; default True).
+        ls_init_value: timm's name for ``layer_scale_init_value`` (None disables layer scale, as 0 does);
+            giving both with different values raises ValueError.
+        in_chans, depths, dims: the official facebookresearch config names for in_channels / arch.
+        pretrained: deprecated shortcut for ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)``.
     """
 
     def __init__(self,
                  arch='tiny',
                  in_channels: int = 3,
-                 out_indices=(0, 1, 2, 3),
-                 drop_path_rate: float = 0.0,
-                 layer_scale_init_value: float = 1e-6,
+                 stem_patch_size: int = 4,
+                 norm_cfg: dict | None = None,
+                 act_cfg: dict | None = None,
+                 linear_pw_conv: bool = True,
                  use_grn: bool = False,
+                 drop_path_rate: float = 0.0,
+                 layer_scale_init_value=NOT_GIVEN,
+                 out_indices=None,
                  frozen_stages: int = 0,
+                 gap_before_final_norm: bool | None = None,
                  with_cp: bool = False,
+                 init_cfg=None,
                  channels_last: bool = False,
-                 gap_before_final_norm: bool = False,
+                 kernel_size=NOT_GIVEN,
+                 conv_bias: bool = True,
+                 ls_init_value=NOT_GIVEN,
+                 kernel_sizes=NOT_GIVEN,
                  in_chans: int | None = None,
                  depths=None,
                  dims=None,
                  pretrained: str | None = None,
-                 init_cfg=None,
                  **unsupported):
         if unsupported:
             raise TypeError(f'ConvNeXt got unknown arguments {sorted(unsupported)}; see the ConvNeXt '
-                            'docstring for the supported ones (mmpretrain and official names).')
+                            'docstring for the supported ones (mmpretrain, timm and official names).')
         if pretrained is not None:
             if init_cfg is not None:
                 raise ValueError('ConvNeXt: give either `pretrained` or `init_cfg`, not both.')
@@ -267,43 +428,98 @@ class ConvNeXt(BaseModule):
         self.depths, self.channels = resolve_arch(arch, depths, dims)
         self.num_stages = len(self.depths)
         self.in_channels = in_chans if in_chans is not None else in_channels
+        out_indices, gap_before_final_norm = self._scope_defaults(out_indices, gap_before_final_norm)
         self.out_indices = normalize_out_indices(out_indices, self.num_stages)
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f'ConvNeXt: drop_path_rate must be in [0, 1), got {drop_path_rate}.')
-        if layer_scale_init_value < 0:
-            raise ValueError(f'ConvNeXt: layer_scale_init_value must be >= 0 (0 disables layer scale), '
-                             f'got {layer_scale_init_value}.')
+        layer_scale_init_value = _merge_alias(
+            'layer_scale_init_value', layer_scale_init_value, 'ls_init_value',
+            0.0 if ls_init_value is None else ls_init_value, 1e-6)
+        if isinstance(layer_scale_init_value, bool) or not isinstance(layer_scale_init_value, (int, float)) \
+                or layer_scale_init_value < 0:
+            raise ValueError(f'ConvNeXt: layer_scale_init_value must be a number >= 0 (0 disables layer scale), '
+                             f'got {layer_scale_init_value!r}.')
         if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= self.num_stages:
             raise ValueError(f'ConvNeXt: frozen_stages must be an int in [-1, {self.num_stages}], '
                              f'got {frozen_stages!r}.')
+        if isinstance(stem_patch_size, bool) or not isinstance(stem_patch_size, int) or stem_patch_size < 1:
+            raise ValueError(f'ConvNeXt: stem_patch_size (the stem conv\'s kernel and stride) must be a '
+                             f'positive int, got {stem_patch_size!r}.')
+        self.kernel_sizes = resolve_kernel_sizes(
+            _merge_alias('kernel_size', kernel_size, 'kernel_sizes', kernel_sizes, 7,
+                         same=lambda a, b: resolve_kernel_sizes(a, self.num_stages)
+                         == resolve_kernel_sizes(b, self.num_stages)), self.num_stages)
+        norm_eps, norm_requires_grad = norm_settings(norm_cfg)
+        for name, flag in (('linear_pw_conv', linear_pw_conv), ('conv_bias', conv_bias), ('use_grn', use_grn),
+                           ('gap_before_final_norm', gap_before_final_norm)):
+            if not isinstance(flag, bool):
+                raise ValueError(f'ConvNeXt: {name} must be True or False, got {flag!r}.')
+        build_activation(act_cfg)  # a bad act_cfg fails here, once, with its own message
         self.frozen_stages = max(frozen_stages, 0)
         self.with_cp = with_cp
         self.channels_last = channels_last
         self.gap_before_final_norm = gap_before_final_norm
         self.use_grn = use_grn
         self.layer_scale_init_value = layer_scale_init_value
+        self.linear_pw_conv = linear_pw_conv
 
         self.downsample_layers = nn.ModuleList()
         self.downsample_layers.append(nn.Sequential(
-            nn.Conv2d(self.in_channels, self.channels[0], kernel_size=4, stride=4),
-            LayerNorm2d(self.channels[0], eps=1e-6)))
+            nn.Conv2d(self.in_channels, self.channels[0], kernel_size=stem_patch_size, stride=stem_patch_size,
+                      bias=conv_bias),
+            LayerNorm2d(self.channels[0], eps=norm_eps)))
         for i in range(1, self.num_stages):
             self.downsample_layers.append(nn.Sequential(
-                LayerNorm2d(self.channels[i - 1], eps=1e-6),
-                nn.Conv2d(self.channels[i - 1], self.channels[i], kernel_size=2, stride=2)))
+                LayerNorm2d(self.channels[i - 1], eps=norm_eps),
+                nn.Conv2d(self.channels[i - 1], self.channels[i], kernel_size=2, stride=2, bias=conv_bias)))
 
         rates = torch.linspace(0, drop_path_rate, sum(self.depths), device='cpu').tolist()
         self.stages = nn.ModuleList()
         for i, (depth, dim) in enumerate(zip(self.depths, self.channels)):
             first = sum(self.depths[:i])
             self.stages.append(nn.Sequential(*[
-                Block(dim, rates[first + j], layer_scale_init_value, use_grn) for j in range(depth)]))
+                Block(dim, rates[first + j], layer_scale_init_value, use_grn, kernel_size=self.kernel_sizes[i],
+                      conv_bias=conv_bias, norm_eps=norm_eps, act_cfg=act_cfg, linear_pw_conv=linear_pw_conv)
+                for j in range(depth)]))
             for block in self.stages[-1]:
                 block.low_memory = self._checkpointed(i)
 
         for i in self.out_indices:
-            self.add_module(f'norm{i}', LayerNorm2d(self.channels[i], eps=1e-6))
+            self.add_module(f'norm{i}', LayerNorm2d(self.channels[i], eps=norm_eps))
+        if not norm_requires_grad:
+            for module in self.modules():
+                if isinstance(module, LayerNorm):
+                    module.requires_grad_(False)
         self._freeze_stages()
+
+    def _scope_defaults(self, out_indices, gap_before_final_norm):
+        """Fill the two arguments whose defaults differ from mmpretrain's: ours (all stages, dense maps)
+        normally, mmpretrain's (last stage, pooled) when built in mmpretrain's scope (logged once)."""
+        global _logged_mmpretrain_defaults
+        if out_indices is not None and gap_before_final_norm is not None:
+            return out_indices, gap_before_final_norm
+        if not _mmpretrain_scope():
+            return (out_indices if out_indices is not None else tuple(range(self.num_stages)),
+                    False if gap_before_final_norm is None else gap_before_final_norm)
+        taken = {}
+        if out_indices is None:
+            out_indices = taken['out_indices'] = -1
+        if gap_before_final_norm is None:
+            gap_before_final_norm = taken['gap_before_final_norm'] = True
+        if not _logged_mmpretrain_defaults:
+            _logged_mmpretrain_defaults = True
+            from mmengine.logging import print_log
+            print_log(f'ConvNeXt (convnext_backbone) built in the mmpretrain scope: unspecified arguments take '
+                      f"mmpretrain's defaults {taken} (elsewhere our dense defaults apply: all stages, "
+                      'gap_before_final_norm=False). Pass them explicitly to silence this.', logger='current')
+        return out_indices, gap_before_final_norm
+
+    @property
+    def final_norm_name(self) -> str | None:
+        """Where a classification checkpoint's final pooled norm loads: the last stage's output norm in
+        ``gap_before_final_norm`` mode (applied after pooling, as in the classifier); None in dense mode."""
+        last = self.num_stages - 1
+        return f'norm{last}' if self.gap_before_final_norm and last in self.out_indices else None
 
     @property
     def out_channels(self) -> list[int]:
