@@ -253,6 +253,7 @@ def convert_ours_to_timm(state_dict: dict, conv_mlp: bool = False) -> Conversion
             skipped.append(key)
             continue
         new = _apply_rules(key, _OURS_TO_TIMM)
+        value = _to_our_shape(key, value)  # linear_pw_conv=False: 1x1-conv pointwise weights -> linear first
         if new.endswith(('.mlp.grn.weight', '.mlp.grn.bias')):
             value = value.flatten()
         elif conv_mlp and re.search(r'\.mlp\.fc[12]\.weight$', new):

@@ -13,7 +13,7 @@ from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
 import convnext_backbone.convnext as convnext_module
 from convnext_backbone import cpu_kernels
-from convnext_backbone import ConvNeXt, convert_state_dict
+from convnext_backbone import ConvNeXt, convert_ours_to_timm, convert_state_dict
 from reference_convnext import randomize_
 
 TINY = dict(depths=[1, 2, 1, 1], channels=[8, 16, 24, 32])
@@ -170,6 +170,18 @@ def test_timm_knobs_give_timm_numbers(kwargs):
     # timm's features pooled, then its head norm: ours in gap mode
     assert_same_model(ours, theirs, 'timm', final_norm=('norm3', 'head.norm'),
                       forward=lambda x: (theirs.forward_head(theirs.forward_features(x), pre_logits=True),))
+
+
+@pytest.mark.parametrize('conv_mlp', [False, True])
+def test_channels_first_model_exports_to_timm(conv_mlp):
+    """A linear_pw_conv=False model's 4-D pointwise weights export to timm's linear or conv MLP alike."""
+    ours = randomize_(ConvNeXt(arch=TINY, linear_pw_conv=False))
+    theirs = timm_convnext.ConvNeXt(depths=TINY['depths'], dims=TINY['channels'], conv_mlp=conv_mlp)
+    missing, unexpected = theirs.load_state_dict(convert_ours_to_timm(ours.state_dict(), conv_mlp).state_dict,
+                                                 strict=False)
+    assert not unexpected and all(k.startswith('head.') for k in missing)
+    assert torch.equal(theirs.stages[1].blocks[1].mlp.fc2.weight.flatten(1),
+                       ours.stages[1][1].pwconv2.weight.flatten(1))
 
 
 def test_kernel_size_one_or_per_stage_and_ls_alias():
