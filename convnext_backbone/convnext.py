@@ -6,6 +6,9 @@ official checkpoints load one to one. Every other known layout (timm, mmpretrain
 official fine-tuned detectors/segmentors) is converted on the fly by :mod:`convnext_backbone.checkpoint`,
 whichever way the weights arrive (``init_cfg=dict(type='Pretrained')`` or a whole-model ``load_from``).
 
+Arguments: a superset of mmpretrain 1.2's ``ConvNeXt`` (same names, meanings and numbers; two defaults differ
+outside mmpretrain's scope, see :class:`ConvNeXt`), plus the official names and timm's ablation knobs.
+
 Speed: the network runs in channels-last memory format internally, so the permutes around the MLP are
 free views and every LayerNorm is ``F.layer_norm`` over a contiguous last dimension. In eager float32 CPU
 work the blocks run through fused kernels (:mod:`convnext_backbone.cpu_kernels`, one entry point); tracers,
@@ -520,6 +523,25 @@ class ConvNeXt(BaseModule):
         ``gap_before_final_norm`` mode (applied after pooling, as in the classifier); None in dense mode."""
         last = self.num_stages - 1
         return f'norm{last}' if self.gap_before_final_norm and last in self.out_indices else None
+
+    def get_layer_depth(self, param_name: str, prefix: str = '') -> tuple[int, int]:
+        """mmpretrain's layer-wise lr-decay hook (its ``LearningRateDecayOptimWrapperConstructor`` calls it):
+        ``(layer id, number of layers)`` of a parameter, by mmpretrain's rule (12 layers when the third stage is
+        deeper than 9 blocks, else 6; stage 2 in groups of three blocks; the output norms and anything outside
+        the backbone last). In mmdet / mmseg configs use :class:`ConvNeXtLayerDecayOptimizerConstructor`."""
+        max_layer_id = 12 if self.depths[-2] > 9 else 6
+        if not param_name.startswith(prefix):
+            return max_layer_id + 1, max_layer_id + 2
+        parts = param_name[len(prefix):].split('.')
+        if parts[0] == 'downsample_layers':
+            stage = int(parts[1])
+            layer_id = 0 if stage == 0 else stage + 1 if stage in (1, 2) else max_layer_id
+        elif parts[0] == 'stages':
+            stage, block = int(parts[1]), int(parts[2])
+            layer_id = stage + 1 if stage in (0, 1) else 3 + block // 3 if stage == 2 else max_layer_id
+        else:
+            layer_id = max_layer_id + 1
+        return layer_id, max_layer_id + 2
 
     @property
     def out_channels(self) -> list[int]:

@@ -172,6 +172,16 @@ def test_timm_knobs_give_timm_numbers(kwargs):
                       forward=lambda x: (theirs.forward_head(theirs.forward_features(x), pre_logits=True),))
 
 
+@pytest.mark.parametrize('depths', [[2, 2, 6, 2], [3, 3, 9, 3], [3, 3, 27, 3]], ids=['atto', 'tiny', 'small'])
+def test_layer_depth_for_mmpretrain_layer_decay(depths):
+    """mmpretrain's LearningRateDecayOptimWrapperConstructor asks the backbone for get_layer_depth."""
+    arch = dict(depths=depths, channels=[8, 8, 8, 8])
+    theirs, ours = MMPretrainConvNeXt(arch=arch), ConvNeXt(arch=arch, out_indices=-1, gap_before_final_norm=True)
+    names = [f'backbone.{name}' for name, _ in theirs.named_parameters()] + ['head.fc.weight']
+    assert [ours.get_layer_depth(n, 'backbone.') for n in names] == [
+        theirs.get_layer_depth(n, 'backbone.') for n in names]
+
+
 @pytest.mark.parametrize('conv_mlp', [False, True])
 def test_channels_first_model_exports_to_timm(conv_mlp):
     """A linear_pw_conv=False model's 4-D pointwise weights export to timm's linear or conv MLP alike."""
