@@ -194,6 +194,14 @@ def test_channels_first_model_exports_to_timm(conv_mlp):
                        ours.stages[1][1].pwconv2.weight.flatten(1))
 
 
+def test_norm_cfg_requires_grad_false_freezes_the_same_norms_as_mmpretrain():
+    cfg = dict(type='LN2d', eps=1e-6, requires_grad=False)
+    theirs = MMPretrainConvNeXt(arch=TINY, norm_cfg=cfg)
+    ours = ConvNeXt(arch=TINY, norm_cfg=cfg, out_indices=-1, gap_before_final_norm=True).train()
+    frozen = [sorted(n for n, p in m.named_parameters() if not p.requires_grad) for m in (ours, theirs)]
+    assert frozen[0] == frozen[1] and len(frozen[0]) == 2 * (4 + 5 + 1)  # stem/downsample, blocks, output
+
+
 def test_kernel_size_one_or_per_stage_and_ls_alias():
     model = ConvNeXt(arch=TINY, kernel_size=[3, 5, 7, 9], conv_bias=False, ls_init_value=None)
     assert [s[0].dwconv.kernel_size for s in model.stages] == [(3, 3), (5, 5), (7, 7), (9, 9)]
