@@ -11,11 +11,10 @@ import pytest
 import torch
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import synthetic_coco  # noqa: E402
-import test as test_tool  # noqa: E402
-import train as train_tool  # noqa: E402
-from common import adapt_to_machine, load_config, revert_sync_bn  # noqa: E402
+from convnext_backbone.demo import coco as synthetic_coco  # noqa: E402
+from convnext_backbone.tools import test as test_tool  # noqa: E402
+from convnext_backbone.tools import train as train_tool  # noqa: E402
+from convnext_backbone.tools.common import adapt_to_machine, load_config, revert_sync_bn  # noqa: E402
 
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'detection', '*.py')))
 SMALL = dict(depths=[1, 1, 2, 1], channels=[16, 32, 48, 64])

@@ -94,8 +94,7 @@ def test_an_mmpretrain_classifier_config_builds_either_convnext():
 
 
 def test_tools_name_the_missing_extra(monkeypatch):
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    from common import require
+    from convnext_backbone.tools.common import require
     monkeypatch.setitem(sys.modules, 'mmseg', None)
     with pytest.raises(ModuleNotFoundError, match=r"convnext_backbone\[seg\]"):
         require('mmseg', 'config x.py')

@@ -18,12 +18,11 @@ import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
-import synthetic_ade20k  # noqa: E402
-import test as test_tool  # noqa: E402
-import train as train_tool  # noqa: E402
-from common import adapt_to_machine, load_config  # noqa: E402
+from convnext_backbone.demo import ade20k as synthetic_ade20k  # noqa: E402
+from convnext_backbone.tools import test as test_tool  # noqa: E402
+from convnext_backbone.tools import train as train_tool  # noqa: E402
+from convnext_backbone.tools.common import adapt_to_machine, load_config  # noqa: E402
 
 from convnext_backbone import ARCH_SETTINGS  # noqa: E402
 
@@ -300,14 +299,6 @@ def test_synthetic_patterns_are_two_colour_stripes_checks_and_dots():
                 assert coherence > 0.8 and coverage > 0.4, (coherence, coverage)
             else:  # checks cover half, dots (a disc of radius cell / 3 per cell) pi / 9
                 assert coherence < 0.3 and (coverage > 0.45 if kind == 1 else 0.3 < coverage < 0.4), (kind, coverage)
-
-
-def test_synthetic_ade20k_cli(tmp_path, capsys):
-    synthetic_ade20k.main([str(tmp_path / 'ade'), '--train', '2', '--val', '1', '--size', '32', '40'])
-    assert len(os.listdir(tmp_path / 'ade' / 'images' / 'training')) == 2
-    assert np.asarray(Image.open(tmp_path / 'ade' / 'annotations' / 'validation' / 'ADE_val_00000001.png')).shape \
-        == (32, 40)
-    assert '2 training and 1 validation images' in capsys.readouterr().out
 
 
 def _data_options(data_root):

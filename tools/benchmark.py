@@ -33,8 +33,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import build_model_from_config, dummy_batch, load_config, require  # noqa: E402
+from convnext_backbone.tools.common import build_model_from_config, dummy_batch, load_config, require
 
 
 def _sync(device):

@@ -1,5 +1,5 @@
 # The demo: the Mask R-CNN recipe in miniature for a 2-core CPU. A small ConvNeXt (pretrained by
-# tools/pretrain_shapes.py on synthetic shape classification, loaded through init_cfg in the official
+# convnext_backbone/demo/pretrain.py on synthetic shape classification, loaded through init_cfg in the official
 # checkpoint format) fine-tuned with layer-wise lr decay on a synthetic COCO-format set of shapes
 # (tools/make_demo_data.py). `make demo` runs it all: tools/demo.py.
 _base_ = '../detection/mask_rcnn_convnext_t_3x.py'

@@ -1,5 +1,5 @@
 # The segmentation demo: the UperNet recipe in miniature for a 2-core CPU. The same small ConvNeXt as the
-# detection demo (pretrained by tools/pretrain_shapes.py on synthetic shape classification, loaded through
+# detection demo (pretrained by convnext_backbone/demo/pretrain.py on synthetic shape classification, loaded through
 # init_cfg in the official checkpoint format), fine-tuned with stage-wise lr decay on a synthetic
 # ADE20K-format set of patterned shapes (tools/make_demo_data.py: label 0 = background, ignored via
 # reduce_zero_label).
