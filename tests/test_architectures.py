@@ -44,20 +44,22 @@ def _walk(cfg):
 
 def _keep_all_detections(model):
     """Random heads score below the stock thresholds: keep every box so the output shapes are checked on real
-    detections, not on empty tensors."""
-    for d in _walk(model.get('test_cfg')):
+    detections, not on empty tensors; ten of them per image (mask heads run on each)."""
+    test_cfg = model.get('test_cfg') or {}
+    for d in _walk(test_cfg.get('rcnn', test_cfg)):
         if 'score_thr' in d:
             d['score_thr'] = 0.0
+        for key in ('max_per_img', 'max_per_image'):
+            if key in d:
+                d[key] = min(d[key], 10)
 
 
 def _fewer_rois(model):
+    """Two-stage detectors: 64 sampled RoIs per image in training, 100 proposals at test time."""
     for d in _walk(model.train_cfg):
         if d.get('type') == 'RandomSampler' and d.get('num', 0) > 64:
             d['num'] = 64
-    for d in _walk(model.test_cfg):
-        for key in ('nms_pre', 'max_per_img'):
-            if d.get(key, 0) > 100:
-                d[key] = 100
+    model.test_cfg.rpn.update(nms_pre=100, max_per_img=100)
 
 
 def _fpn(model, **_):
