@@ -277,10 +277,42 @@ def _lrs(model, optimizer):
 
 @pytest.mark.parametrize('name', sorted(ARCHITECTURES))
 def test_architecture_trains_and_predicts(name, monkeypatch):
+    _, _, frozen_stages, with_cp, decay, masks = ARCHITECTURES[name]
+    train_and_predict(stock_config(name), frozen_stages, with_cp, decay, masks, monkeypatch)
+
+
+# Our recipes beyond the paper (configs/detection, configs/segmentation; their hyperparameters are tested in
+# test_detection.py / test_segmentation.py): config: the architecture whose shrinking applies.
+RECIPES = {
+    'detection/dino_4scale_convnext_t_12e': 'dino',
+    'detection/dino_4scale_convnext_b_12e': 'dino',
+    'detection/mask2former_convnext_t_50e': 'mask2former_instance',
+    'segmentation/mask2former_convnext_t_512_160k_ade20k': 'mask2former_semantic',
+    'segmentation/mask2former_convnext_b_512_160k_ade20k': 'mask2former_semantic',
+}
+
+
+@pytest.mark.parametrize('name', sorted(RECIPES))
+def test_recipe_beyond_the_paper_trains_and_predicts(name, monkeypatch):
+    """As the recipe says (drop path, our constructor with its decay) but with the tiny arch, no download and
+    the heads shrunk as for the stock architecture."""
+    _, change, _, _, _, masks = ARCHITECTURES[RECIPES[name]]
+    cfg = load_config(os.path.join(ROOT, 'configs', name + '.py'))
+    backbone = cfg.model.backbone
+    assert backbone.type == 'ConvNeXt' and backbone.drop_path_rate > 0
+    backbone.arch = dict(TINY)
+    backbone.pop('init_cfg')
+    change(cfg.model)
+    _keep_all_detections(cfg.model)
+    assert cfg.optim_wrapper.constructor == 'ConvNeXtLayerDecayOptimizerConstructor'
+    train_and_predict(cfg, 0, False, cfg.optim_wrapper.paramwise_cfg, masks, monkeypatch)
+
+
+def train_and_predict(cfg, frozen_stages, with_cp, decay, masks, monkeypatch):
+    """Build the model and its optim wrapper as the Runner does, check the options are taken, run one training
+    step (finite loss, every unfrozen stage moved, frozen ones not) and predict (output shapes)."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope
-    _, _, frozen_stages, with_cp, decay, masks = ARCHITECTURES[name]
-    cfg = stock_config(name)
     scope = cfg.default_scope
     adapt_to_machine(cfg)
     init_default_scope(scope)
@@ -311,22 +343,26 @@ def test_architecture_trains_and_predicts(name, monkeypatch):
         monkeypatch.setattr(cp, 'checkpoint', lambda fn, *a, **k: checkpoints.append(fn) or original(fn, *a, **k))
 
     num_classes = _num_classes(cfg.model)
-    trunk = {n for n, _ in backbone.named_parameters() if n.split('.')[0] in ('downsample_layers', 'stages')}
+    # With drop path on, a block's residual branch may be dropped for the whole (2-image) batch and get no
+    # gradient; the stem and downsampling layers, on the identity path, always do.
+    dropping = any(block.drop_path_rate > 0 for stage in backbone.stages for block in stage)
+    parts = ('downsample_layers',) if dropping else ('downsample_layers', 'stages')
+    trunk = {n for n, _ in backbone.named_parameters() if n.split('.')[0] in parts}
     got_grad = set()
     for n, p in backbone.named_parameters():
         if p.requires_grad:
-                p.register_post_accumulate_grad_hook(
+            p.register_post_accumulate_grad_hook(
                 lambda p, n=n: got_grad.add(n) if torch.isfinite(p.grad).all() and p.grad.any() else None)
     before = {n: p.detach().clone() for n, p in backbone.named_parameters()}
     log_vars = model.train_step(BATCHES[scope](num_classes), optim_wrapper)
     loss = float(log_vars['loss'])
     assert math.isfinite(loss) and loss > 0, log_vars
-    # every unfrozen parameter of the stem, downsampling layers and blocks gets a finite, non-zero gradient
+    # every unfrozen parameter of the stem, downsampling layers (and blocks) gets a finite, non-zero gradient
     assert trunk - frozen <= got_grad and not got_grad & frozen, sorted(trunk - frozen - got_grad)
     changed = {n for n, p in backbone.named_parameters() if not torch.equal(before[n], p.detach())}
     assert not changed & frozen
     for stage in range(frozen_stages, 4):  # the step moved every unfrozen stage
-        for prefix in (f'downsample_layers.{stage}.', f'stages.{stage}.'):
+        for prefix in (f'{part}.{stage}.' for part in parts):
             assert any(n.startswith(prefix) for n in changed), (prefix, sorted(changed))
     # every unfrozen block except the last stage's goes through torch.utils.checkpoint (ConvNeXt._checkpointed)
     assert len(checkpoints) == (sum(TINY['depths'][:3]) if with_cp else 0)
