@@ -6,10 +6,10 @@ on a tiny synthetic batch.
 Heads are shrunk where the stock config is heavy (fewer queries and transformer layers, small images, fewer
 sampled RoIs) but keep their type. Frozen stages, activation checkpointing (with_cp) and our layer-decay
 optimizer constructor alternate over the parametrisation, and each is checked where it is on: frozen
-parameters stay put and are not in the optimizer, with_cp really checkpoints, decayed learning rates differ
-between stages.
+parameters get no gradient and stay put (and our constructor leaves them out of the optimizer), with_cp really
+checkpoints, decayed learning rates differ between stages. Our recipes beyond the paper (DINO, Mask2Former) run
+through the same step.
 """
-import copy
 import math
 import os
 import sys
@@ -62,11 +62,11 @@ def _fewer_rois(model):
     model.test_cfg.rpn.update(nms_pre=100, max_per_img=100)
 
 
-def _fpn(model, **_):
+def _fpn(model):
     model.neck.in_channels = TINY['channels']
 
 
-def _two_stage(model, **_):
+def _two_stage(model):
     _fpn(model)
     _fewer_rois(model)
 
@@ -86,17 +86,17 @@ def _mask2former_head(head, train_cfg, queries=10):
     head.in_channels = TINY['channels']
     head.num_queries = queries
     head.pixel_decoder.encoder.num_layers = 1
-    head.transformer_decoder.num_layers = 2  # one per feature level would be 3: 2 still cycles through levels
+    head.transformer_decoder.num_layers = 2  # stock 9: three rounds over the 3 levels; 2 still visits two
     train_cfg.num_points = 256  # points sampled per mask for the matching cost and the mask losses
 
 
-def _mask2former_det(model, **_):
+def _mask2former_det(model):
     _mask2former_head(model.panoptic_head, model.train_cfg)
     for augment in model.data_preprocessor.batch_augments:
         augment.size = (SIZE, SIZE)
 
 
-def _rtmdet_ins(model, **_):
+def _rtmdet_ins(model):
     model.backbone.out_indices = (1, 2, 3)  # strides 8, 16, 32 as CSPNeXt's (2, 3, 4)
     model.neck.in_channels = TINY['channels'][1:]
 
@@ -105,28 +105,28 @@ def _seg_size(model):
     model.data_preprocessor.size = (SIZE, SIZE)
 
 
-def _upernet(model, **_):
+def _upernet(model):
     _seg_size(model)
     model.decode_head.update(in_channels=TINY['channels'], channels=32)
     model.auxiliary_head.update(in_channels=TINY['channels'][model.auxiliary_head.in_index], channels=16)
 
 
-def _mask2former_seg(model, **_):
+def _mask2former_seg(model):
     _seg_size(model)
     _mask2former_head(model.decode_head, model.decode_head.train_cfg)
 
 
-def _segformer(model, **_):
+def _segformer(model):
     _seg_size(model)
     model.decode_head.update(in_channels=TINY['channels'], channels=32)
 
 
-def _sem_fpn(model, **_):
+def _sem_fpn(model):
     _seg_size(model)
     model.neck.in_channels = TINY['channels']
 
 
-def _deeplabv3plus(model, **_):
+def _deeplabv3plus(model):
     _seg_size(model)
     # ASPP on the last stage, low-level features from stage 0 (stride 4), as the stock head expects
     assert model.decode_head.in_index == 3 and model.decode_head.c1_in_channels == 256
@@ -134,7 +134,7 @@ def _deeplabv3plus(model, **_):
     model.auxiliary_head.update(in_channels=TINY['channels'][model.auxiliary_head.in_index], channels=16)
 
 
-def _classifier(model, **_):
+def _classifier(model):
     model.backbone.update(out_indices=(3,), gap_before_final_norm=True)
     model.head.in_channels = TINY['channels'][3]
 
@@ -369,7 +369,15 @@ def train_and_predict(cfg, frozen_stages, with_cp, decay, masks, monkeypatch):
 
     model.eval()
     with torch.no_grad():
+        inputs = model.data_preprocessor(BATCHES[scope](num_classes), False)['inputs']
+        features = backbone(inputs)
         outputs = model.test_step(BATCHES[scope](num_classes))
+    assert inputs.shape == (2, 3, SIZE, SIZE)
+    if backbone.gap_before_final_norm:  # pooled, then the last norm
+        expected = [(2, TINY['channels'][i]) for i in backbone.out_indices]
+    else:
+        expected = [(2, TINY['channels'][i], SIZE // 2 ** (i + 2), SIZE // 2 ** (i + 2)) for i in backbone.out_indices]
+    assert [tuple(f.shape) for f in features] == expected
     assert len(outputs) == 2
     for out in outputs:
         if scope == 'mmdet':
