@@ -12,16 +12,14 @@ through the same step.
 """
 import math
 import os
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-from common import adapt_to_machine, load_config  # noqa: E402
+from convnext_backbone import ConvNeXt
+from convnext_backbone.tools.common import adapt_to_machine, load_config
 
-from convnext_backbone import ConvNeXt  # noqa: E402
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
 TINY = dict(depths=[1, 1, 1, 1], channels=[8, 16, 32, 64])
 SIZE = 64

@@ -2,7 +2,7 @@
 # number. mmseg's stock Mask2Former R-50 recipe (16 images per iteration, AdamW lr 1e-4, wd 0.05, grad clip 0.01)
 # with our backbone's four levels (strides 4-32) in the pixel decoder.
 _base_ = 'mmseg::mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py'
-custom_imports = dict(imports=['convnext_backbone'], allow_failed_imports=False)
+custom_imports = dict(imports=['mmdet.models', 'convnext_backbone'])  # the stock config imports mmdet.models
 checkpoint_file = 'https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224.pth'
 model = dict(
     backbone=dict(
