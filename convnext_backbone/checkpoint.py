@@ -83,12 +83,21 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
                               'complete. Fetch or save it again.')
     with open(local, 'rb') as f:
         head = f.read(256)
+        f.seek(max(size - 65558, 0))
+        tail = f.read()
     if _looks_like_text(head):
         first = head.decode('utf-8').strip().splitlines()[0][:120] if head.strip() else ''
         hint = (' It is a Git LFS pointer: run `git lfs pull`, or download the file itself.'
                 if first.startswith('version https://git-lfs') else
                 ' It looks like a web page or an error message saved instead of the file.')
         raise CheckpointError(f'Checkpoint {path!r} is a text file, not a checkpoint (it starts with {first!r}).{hint}')
+    truncated = CheckpointError(f'Checkpoint {path!r} is truncated or corrupt ({size} bytes, its end is missing): '
+                                'the download or save did not complete. Fetch or save it again.')
+    if local.endswith('.safetensors'):
+        if size < 8 or int.from_bytes(head[:8], 'little') + 8 > size:
+            raise truncated
+    elif head.startswith(b'PK\x03\x04') and b'PK\x05\x06' not in tail:  # a torch zip without its directory
+        raise truncated
     try:
         if local.endswith('.safetensors'):
             from safetensors.torch import load_file
@@ -96,19 +105,20 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
             return load_file(local, device=device)
         return torch.load(local, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a bad file; give one clear one
-        message = _first_line(exc)
-        if 'weights_only' in str(exc) or 'Unsupported global' in str(exc):
-            reason = ('it pickles objects other than tensors, which are not loaded (weights_only=True). Re-save '
-                      'just its state_dict (torch.save(model.state_dict(), ...)).')
-        elif any(s in message for s in ('central directory', 'failed reading zip', 'unexpected EOF', 'truncated',
-                                        'Ran out of input', 'incomplete', 'InvalidHeaderDeserialization',
-                                        'MetadataIncompleteBuffer')):
-            reason = f'the file ({size} bytes) is truncated or corrupt. Fetch or save it again.'
-        else:
-            reason = ('expected a torch .pth/.pt file of tensors or a .safetensors file. It is loaded with '
-                      'weights_only=True; if it pickles custom objects, re-save just its state_dict.')
-        raise CheckpointError(f'Cannot read checkpoint {path!r}: {type(exc).__name__}: {message}. '
-                              f'Reason: {reason}') from exc
+        text = str(exc)
+        found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
+        if found:
+            raise CheckpointError(
+                f'Checkpoint {path!r} pickles an object of type {found.group(1)}, which is not loaded: only tensors are '
+                '(weights_only=True). Re-save just its state_dict: torch.save(model.state_dict(), ...).') from exc
+        if any(s in text for s in ('unexpected EOF', 'Ran out of input', 'incomplete', 'MetadataIncompleteBuffer',
+                                   'central directory', 'failed reading zip')):
+            raise truncated from exc
+        detail = re.search(r'WeightsUnpickler error:\s*(\S[^\n]*)', text)
+        raise CheckpointError(
+            f'Cannot read checkpoint {path!r}: {type(exc).__name__}: '
+            f'{detail.group(1)[:160] if detail else _first_line(exc)[:160]}. Expected a torch '
+            '.pth/.pt file of tensors or a .safetensors file (read with weights_only=True).') from exc
 
 
 def unwrap_state_dict(obj, source: str = 'Checkpoint') -> dict[str, torch.Tensor]:
@@ -188,6 +198,7 @@ class Conversion:
     format: str
     skipped: list = field(default_factory=list)  # classification-only, outside the backbone, no place in the target
     dropped: list = field(default_factory=list)  # pretraining-only (FCMAE decoder, mask token)
+    aliases: list = field(default_factory=list)  # keys holding the same tensor as a loaded one (DINOv3 `norm`)
 
 
 def check_finite(state_dict: dict, source: str = 'Checkpoint') -> None:
@@ -217,7 +228,7 @@ def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: 
         wrapper = next((w for w in layout.wrappers if any(k.startswith(w) for k in state_dict)), layout.wrappers[-1])
     if is_classifier is None:
         is_classifier = any(layout.is_classification(k[len(wrapper):]) for k in state_dict if k.startswith(wrapper))
-    out, origin, skipped, dropped = {}, {}, [], []
+    out, origin, skipped, dropped, aliases = {}, {}, [], [], []
     total = len(state_dict)
     for done, (key, value) in enumerate(state_dict.items(), 1):
         if progress is not None:
@@ -242,7 +253,7 @@ def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: 
         if new in out:  # aliases (DINOv3's `norm` is `norms.3`): must hold the same tensor
             if out[new].shape != value.shape or not torch.equal(out[new], value):
                 raise CheckpointError(f'{source}: {origin[new]!r} and {key!r} both map to {new!r} but differ.')
-            skipped.append(key)
+            aliases.append(key)
             continue
         out[new], origin[new] = value, key
     if layout.pooled_last_norm and is_classifier:
@@ -252,7 +263,7 @@ def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: 
             skipped += [origin[k] for k in out if k.startswith(last)]
             out = {k: v for k, v in out.items() if not k.startswith(last)}
     check_finite(out, source)
-    return Conversion(out, layout.name, skipped, dropped)
+    return Conversion(out, layout.name, skipped, dropped, aliases)
 
 
 def convert_from_ours(state_dict: dict, fmt: str, conv_mlp: bool = False) -> Conversion:
@@ -378,7 +389,7 @@ def adapt_state_dict_in_place(model, state_dict: dict, prefix: str) -> None:
         if context is not None:
             detect_format(local)  # raises: the file given in init_cfg is not a ConvNeXt checkpoint
         return  # nothing ConvNeXt-like under this prefix: torch reports the keys as missing/unexpected
-    source = f'Checkpoint {context.source}' if context else f'Checkpoint loaded at {prefix or "<root>"!r}'
+    source = f'Checkpoint {context.source!r}' if context else f'Checkpoint loaded at {prefix or "<root>"!r}'
     result = convert_state_dict(local, is_classifier=context.is_classifier if context else None, source=source)
     if context is not None:
         result.skipped = context.outside + result.skipped
@@ -395,6 +406,8 @@ def adapt_state_dict_in_place(model, state_dict: dict, prefix: str) -> None:
         lines.append(f'  skipped (classification-only or outside the backbone): {_short(result.skipped)}')
     if result.dropped:
         lines.append(f'  dropped (pretraining-only): {_short(result.dropped)}')
+    if result.aliases:
+        lines.append(f'  aliases (the same tensors as loaded ones): {_short(result.aliases)}')
     if missing:
         lines.append(f'  missing (kept their initialisation): {_short(missing)}')
     print_log('\n'.join(lines), logger='current')
