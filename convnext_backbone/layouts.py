@@ -335,11 +335,10 @@ def detect(keys) -> Detection | None:
     for layout in LAYOUTS:
         for wrapper in layout.wrappers:
             inside = [k[len(wrapper):] for k in keys if k.startswith(wrapper)]
-            mapped = sum(layout.to_ours(k) is not None for k in inside)
-            if not mapped:
+            unmapped = [k for k in inside if layout.to_ours(k) is None]
+            if len(unmapped) == len(inside):
                 continue
-            explained = mapped + sum(layout.is_classification(k) or layout.is_dropped(k)
-                                     for k in inside if layout.to_ours(k) is None)
+            explained = len(inside) - sum(not (layout.is_classification(k) or layout.is_dropped(k)) for k in unmapped)
             if best is None or explained > best.explained:
                 best = Detection(layout, wrapper, explained)
     return best

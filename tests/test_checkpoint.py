@@ -313,4 +313,4 @@ def test_convert_checkpoint_tool(tmp_path):
     assert ours.downsample_layers[0][0].weight.shape == (40, 3, 4, 4)
     (tmp_path / 'bad.pth').write_bytes(b'junk')
     run = subprocess.run(tool + [str(tmp_path / 'bad.pth'), str(tmp_path / 'x.pth')], capture_output=True, text=True)
-    assert run.returncode != 0 and 'error: Cannot read checkpoint' in run.stderr
+    assert run.returncode != 0 and re.search(r"error: Checkpoint '.*bad.pth' is a text file", run.stderr)
