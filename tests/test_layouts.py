@@ -16,7 +16,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from convnext_backbone import CheckpointError, ConvNeXt, convert_from_ours, convert_state_dict
-from convnext_backbone.checkpoint import infer_arch
+from convnext_backbone.checkpoint import convert_file, infer_arch
 from convnext_backbone.layouts import LAYOUT_NAMES, LAYOUTS, Template, detect
 from reference_convnext import (DINOv3ConvNeXt, OfficialConvNeXt, fcmae_dedense_checkpoint_keys,
                                 fcmae_remap_checkpoint_keys, official_stage_outputs, randomize_)
@@ -345,7 +345,8 @@ def test_dense_norms_of_unused_stages_are_skipped(tmp_path, mm_log):
 
 # --- the tool ----------------------------------------------------------------------------------------------
 
-def test_convert_tool_to_every_ecosystem(tmp_path):
+def test_convert_tool_to_every_ecosystem(tmp_path, capsys):
+    """The CLI once (a subprocess), then the package function it calls for the other targets."""
     tool = [sys.executable, os.path.join(os.path.dirname(__file__), '..', 'tools', 'convert_checkpoint.py')]
     trunk = _timm_tiny(True)
     torch.save({'state_dict': {'visual.trunk.' + k: v for k, v in trunk.state_dict().items()}},
@@ -359,14 +360,11 @@ def test_convert_tool_to_every_ecosystem(tmp_path):
     assert 'converting: 100%' in run.stderr
     ours = torch.load(tmp_path / 'ours.pth', weights_only=True)['state_dict']
     for to, name in [('hf', 'model.safetensors'), ('timm', 'timm.pth'), ('torchvision', 'tv.pth')]:
-        extra = ['--conv-mlp'] if to == 'timm' else []  # timm's atto-style trunk has 1x1-conv MLPs
-        run = subprocess.run(tool + [str(tmp_path / 'ours.pth'), str(tmp_path / to / name), '--to', to] + extra,
-                             capture_output=True, text=True, check=True)
-        assert 'detected the official layout' in run.stdout and f'({to} layout' in run.stdout
+        convert_file(str(tmp_path / 'ours.pth'), str(tmp_path / to / name), to, conv_mlp=to == 'timm')
+        out = capsys.readouterr().out
+        assert 'detected the official layout' in out and f'({to} layout' in out
+    assert 'no place in torchvision' in out and 'stages.0.0.grn.gamma' in out
     hf = load_file(str(tmp_path / 'hf' / 'model.safetensors'))
     assert torch.equal(hf['encoder.stages.1.layers.1.grn.weight'], ours['stages.1.1.grn.gamma'])
-    timm_back = torch.load(tmp_path / 'timm' / 'timm.pth', weights_only=True)
+    timm_back = torch.load(tmp_path / 'timm' / 'timm.pth', weights_only=True)  # atto-style: 1x1-conv MLPs
     assert all(torch.equal(timm_back[k], v) for k, v in trunk.state_dict().items() if not k.startswith('head.'))
-    run = subprocess.run(tool + [str(tmp_path / 'ours.pth'), str(tmp_path / 'x.pth'), '--to', 'torchvision'],
-                         capture_output=True, text=True, check=True)
-    assert 'no place in torchvision' in run.stdout and 'stages.0.0.grn.gamma' in run.stdout
