@@ -293,24 +293,26 @@ def test_checkpoint_of_another_variant_or_depth_is_an_error(tmp_path):
         _pretrained(tmp_path / 'atto.pth', arch=dict(depths=[2, 2, 8, 2], channels=[40, 80, 160, 320]))
 
 
-def test_convert_checkpoint_tool(tmp_path):
-    import subprocess
-    import sys
+def test_convert_checkpoint_tool(tmp_path, capsys):
+    """timm -> ours -> timm through the tool's entry point (the CLI itself runs in test_layouts)."""
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location(
+        'convert_checkpoint', os.path.join(os.path.dirname(__file__), '..', 'tools', 'convert_checkpoint.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
     reference = randomize_(timm.create_model('convnext_atto', pretrained=False)).eval()
     torch.save({'model': reference.state_dict()}, tmp_path / 'timm.pth')
-    import os
-    tool = [sys.executable, os.path.join(os.path.dirname(__file__), '..', 'tools', 'convert_checkpoint.py')]
-    run = subprocess.run(tool + [str(tmp_path / 'timm.pth'), str(tmp_path / 'ours.safetensors')],
-                         capture_output=True, text=True, check=True)
-    assert 'timm layout' in run.stdout and 'head.norm.weight' in run.stdout
+    tool.main([str(tmp_path / 'timm.pth'), str(tmp_path / 'ours.safetensors')])
+    out = capsys.readouterr().out
+    assert 'timm layout' in out and 'head.norm.weight' in out and "arch: atto (depths [2, 2, 6, 2]" in out
     ours = _pretrained(tmp_path / 'ours.safetensors', arch='atto')
-    subprocess.run(tool + [str(tmp_path / 'ours.safetensors'), str(tmp_path / 'back.pth'), '--to', 'timm',
-                           '--conv-mlp'], capture_output=True, text=True, check=True)
+    tool.main([str(tmp_path / 'ours.safetensors'), str(tmp_path / 'back.pth'), '--to', 'timm', '--conv-mlp'])
     back = torch.load(tmp_path / 'back.pth', weights_only=True)
     original = reference.state_dict()
     assert set(back) == {k for k in original if not k.startswith('head.')}
     assert all(torch.equal(back[k], original[k]) for k in back)
     assert ours.downsample_layers[0][0].weight.shape == (40, 3, 4, 4)
     (tmp_path / 'bad.pth').write_bytes(b'junk')
-    run = subprocess.run(tool + [str(tmp_path / 'bad.pth'), str(tmp_path / 'x.pth')], capture_output=True, text=True)
-    assert run.returncode != 0 and re.search(r"error: Checkpoint '.*bad.pth' is a text file", run.stderr)
+    with pytest.raises(SystemExit, match=r"error: Checkpoint '.*bad.pth' is a text file"):
+        tool.main([str(tmp_path / 'bad.pth'), str(tmp_path / 'x.pth')])
