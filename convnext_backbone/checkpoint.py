@@ -110,7 +110,8 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
         if found:
             raise CheckpointError(
                 f'Checkpoint {path!r} pickles an object of type {found.group(1)}, which is not loaded: only '
-                'tensors are (weights_only=True). Re-save just its state_dict: torch.save(model.state_dict(), ...).') from exc
+                'tensors are (weights_only=True). Re-save just its state_dict: '
+                'torch.save(model.state_dict(), ...).') from exc
         if any(s in text for s in ('unexpected EOF', 'Ran out of input', 'incomplete', 'MetadataIncompleteBuffer',
                                    'central directory', 'failed reading zip')):
             raise truncated from exc

@@ -262,7 +262,8 @@ def test_garbage_file_is_a_clear_error(tmp_path):
 def test_pickled_objects_are_refused(tmp_path):
     import argparse
     torch.save({'state_dict': {'w': torch.zeros(1)}, 'evil': argparse.Namespace(a=1)}, tmp_path / 'obj.pth')
-    with pytest.raises(CheckpointError, match='obj.pth.*pickles an object of type argparse.Namespace.*weights_only=True'):
+    with pytest.raises(CheckpointError,
+                       match='obj.pth.*pickles an object of type argparse.Namespace.*weights_only=True'):
         _pretrained(tmp_path / 'obj.pth', arch='atto')
 
 
