@@ -269,9 +269,9 @@ class Block(nn.Module):
 
     The pointwise layers are ``nn.Linear`` on the NHWC view (``linear_pw_conv=True``, the official form) or
     1x1 ``nn.Conv2d`` in a channels-first block (``linear_pw_conv=False``, mmpretrain's other form); the
-    parameter names are the same either way and a state dict of one form loads into the other (the weights
-    are reshaped in :meth:`_load_from_state_dict`). ``fast_path_ok`` says whether the configuration is one the
-    CPU kernels implement (linear pointwise layers, exact GELU); any other runs the plain ops below.
+    parameter names are the same either way and a state dict of one form loads into the other (the backbone's
+    loading hook reshapes the weights). ``fast_path_ok`` says whether the configuration is one the CPU kernels
+    implement (linear pointwise layers, exact GELU); any other runs the plain ops below.
     """
 
     def __init__(self, dim: int, drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-6,
@@ -318,17 +318,6 @@ class Block(nn.Module):
 
     def drop_path(self, x: torch.Tensor) -> torch.Tensor:
         return drop_path(x, self.drop_path_rate, self.training)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Pointwise weights arrive as linear (C_out, C_in) or 1x1-conv (C_out, C_in, 1, 1) tensors whichever
-        # form the checkpoint was trained in: give them this block's form.
-        for name in ('pwconv1.weight', 'pwconv2.weight'):
-            value = state_dict.get(prefix + name)
-            if isinstance(value, torch.Tensor):
-                target = self.get_submodule(name.split('.')[0]).weight
-                if value.ndim != target.ndim and value.numel() == target.numel():
-                    state_dict[prefix + name] = value.reshape(target.shape)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f'drop_path_rate={self.drop_path_rate:.3f}'

@@ -12,7 +12,7 @@ from mmpretrain.models.backbones.convnext import ConvNeXt as MMPretrainConvNeXt
 from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
 import convnext_backbone.convnext as convnext_module
-from convnext_backbone import ConvNeXt, convert_ours_to_timm, convert_state_dict, cpu_kernels
+from convnext_backbone import ConvNeXt, convert_from_ours, convert_state_dict, cpu_kernels
 from reference_convnext import randomize_
 
 TINY = dict(depths=[1, 2, 1, 1], channels=[8, 16, 24, 32])
@@ -187,8 +187,8 @@ def test_channels_first_model_exports_to_timm(conv_mlp):
     """A linear_pw_conv=False model's 4-D pointwise weights export to timm's linear or conv MLP alike."""
     ours = randomize_(ConvNeXt(arch=TINY, linear_pw_conv=False))
     theirs = timm_convnext.ConvNeXt(depths=TINY['depths'], dims=TINY['channels'], conv_mlp=conv_mlp)
-    missing, unexpected = theirs.load_state_dict(convert_ours_to_timm(ours.state_dict(), conv_mlp).state_dict,
-                                                 strict=False)
+    converted = convert_from_ours(ours.state_dict(), 'timm', conv_mlp=conv_mlp).state_dict
+    missing, unexpected = theirs.load_state_dict(converted, strict=False)
     assert not unexpected and all(k.startswith('head.') for k in missing)
     assert torch.equal(theirs.stages[1].blocks[1].mlp.fc2.weight.flatten(1),
                        ours.stages[1][1].pwconv2.weight.flatten(1))
