@@ -16,6 +16,16 @@ import mmpretrain.utils.dependency  # noqa: E402
 mmpretrain.utils.dependency.WITH_MULTIMODAL = False
 
 
+@pytest.fixture(autouse=True)
+def _restore_default_scope():
+    """Each test leaves mmengine's current default scope as it found it: ``init_default_scope('mmpretrain')`` in
+    one test must not make later tests build ConvNeXt in mmpretrain's scope (where its defaults apply)."""
+    from mmengine.registry import DefaultScope
+    saved = DefaultScope._instance_dict.copy()
+    yield
+    DefaultScope._instance_dict = saved
+
+
 class _ListHandler(logging.Handler):
     def __init__(self):
         super().__init__()
