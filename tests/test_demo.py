@@ -75,12 +75,12 @@ def test_pretraining_learns_and_saves_the_official_format(tmp_path):
     assert detect_format(state) == 'official'
     assert {'norm.weight', 'norm.bias', 'head.weight', 'head.bias'} <= set(state)
     assert not any(k.startswith('norm3.') for k in state)
-    # loaded through init_cfg like the released ImageNet weights: every block loads; the pooled `norm` is a
-    # classification-only tensor (dense models start their own norm0..3), so it is set by hand to compare
+    # loaded through init_cfg like the released ImageNet weights: every block loads, and in pooled
+    # (classification) mode the pooled `norm` loads into the last output norm (dense models skip it)
     model = ConvNeXt(pretrain_shapes.DEMO_ARCH, out_indices=(-1,), gap_before_final_norm=True,
                      init_cfg=dict(type='Pretrained', checkpoint=path))
     model.init_weights()
-    model.norm3.load_state_dict({'weight': state['norm.weight'], 'bias': state['norm.bias']})
+    assert torch.equal(model.norm3.weight, state['norm.weight']) and torch.equal(model.norm3.bias, state['norm.bias'])
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         expected = result['head'](result['backbone'].eval()(x)[0])
