@@ -267,7 +267,8 @@ def test_export_tool_segmentor_whole_image_to_logits(tmp_path, capsys):
 
 def test_export_tool_detector_backbone_neck_and_rpn(tmp_path, capsys):
     config = shrunk_config(tmp_path, 'detection/mask_rcnn_convnext_t_3x.py',
-                           'neck=dict(in_channels=_ch, out_channels=16), rpn_head=dict(in_channels=16, feat_channels=16)')
+                           'neck=dict(in_channels=_ch, out_channels=16), '
+                           'rpn_head=dict(in_channels=16, feat_channels=16)')
     checkpoint, model = random_checkpoint(tmp_path, config)
     onnx_path = str(tmp_path / 'mask_rcnn.onnx')
     worst, out, lines = run_export_tool(capsys, config, checkpoint, '--out', onnx_path, '--shape', '96', '128',
