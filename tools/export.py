@@ -240,9 +240,9 @@ def main(argv=None):
     parser.add_argument('--tolerance', type=float, default=1e-3,
                         help='largest allowed absolute difference to PyTorch')
     args = parser.parse_args(argv)
-    if args.shape and min(args.shape) < 64:
-        parser.error(f'--shape {args.shape[0]} {args.shape[1]}: height and width must be >= 64 (ConvNeXt '
-                     'downsamples by 32; the exporters specialise sizes of 1)')
+    if args.shape and min(args.shape) < 32:
+        parser.error(f'--shape {args.shape[0]} {args.shape[1]}: height and width must be >= 32 (ConvNeXt '
+                     'downsamples by 32)')
 
     cfg = load_config(args.config)
     graph, left_out = export_graph(cfg, args.checkpoint, args.backbone_only)
