@@ -5,11 +5,11 @@ registers ``ConvNeXt`` in mmdet's and mmseg's MODELS and ``ConvNeXtLayerDecayOpt
 optimizer-wrapper constructors, and lets torch's safe loader read mmengine checkpoints (``--resume``).
 """
 from . import safe_load  # noqa: F401  (must run before any checkpoint is read)
-from .checkpoint import CheckpointError, convert_ours_to_timm, convert_state_dict, load_pretrained
+from .checkpoint import CheckpointError, convert_from_ours, convert_state_dict, load_pretrained
 from .convnext import ARCH_SETTINGS, ConvNeXt
 from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor, get_layer_id
 from . import registry  # noqa: F401,E402
 
 __version__ = '0.1.0'
 __all__ = ['ARCH_SETTINGS', 'CheckpointError', 'ConvNeXt', 'ConvNeXtLayerDecayOptimizerConstructor',
-           'convert_ours_to_timm', 'convert_state_dict', 'get_layer_id', 'load_pretrained']
+           'convert_from_ours', 'convert_state_dict', 'get_layer_id', 'load_pretrained']

@@ -1,36 +1,36 @@
-"""Checkpoint interop: every ConvNeXt weight layout in the wild -> ours (the official one), and ours -> timm.
+"""Checkpoint interop: read any ConvNeXt checkpoint safely, convert it to ours (the official layout) or from ours
+to another layout, and load it into the backbone through one path.
 
-Layouts recognised from the keys (after unwrapping ``state_dict`` / ``model`` / ``module.``):
+The layouts themselves (how each is recognised, its key rules, reshapes, classification-only and pretraining-only
+keys) are the table in :mod:`convnext_backbone.layouts`; everything here is derived from it.
 
-- ``official``: facebookresearch ConvNeXt / ConvNeXt-V2 classification checkpoints (``model`` key,
-  ``downsample_layers``, ``stages.i.j.dwconv``, V2 GRN tensors shaped (1, 1, 1, C)), and the official
-  fine-tuned COCO / ADE20K checkpoints (mmdet-2 ``state_dict`` with ``backbone.`` prefix and ``norm0..3``).
-  This is our own layout too.
-- ``timm``: ``stem.*``, ``stages.i.downsample.*``, ``stages.i.blocks.j.{conv_dw,norm,mlp.fc1,mlp.fc2,gamma}``,
-  ``mlp.grn.{weight,bias}``, and conv-MLP variants whose 1x1-conv weights are reshaped to linear ones.
-- ``mmpretrain``: mmpretrain / mmcls classifiers and mmdet / mmseg model-zoo models
-  (``depthwise_conv``, ``pointwise_conv1/2``, ``grn.gamma/beta`` shaped (C,)).
+Loading: ``init_cfg=dict(type='Pretrained', ...)`` (:func:`load_pretrained`) and a whole-model ``load_from`` /
+``load_state_dict`` both end in the backbone's ``_load_from_state_dict`` hook, :func:`adapt_state_dict_in_place`,
+which converts once and applies the same checks (shapes, missing and unexpected keys, NaN/Inf) with the same
+messages. Classification-only tensors (heads, final pooled norms) are skipped and reported, as the official
+detection code does: the dense output norms then start fresh. Dense per-stage norms a layout does have
+(fine-tuned detectors, ``ConvNextBackbone``, DINOv3) load into our ``norm{i}``.
 
-Classification-only tensors (``head.*``, the final pooled ``norm``; timm's ``head.norm``; in an mmpretrain
-classifier, the last ``norm{i}``, which is applied after pooling) are skipped and reported, as the official
-detection code does: the dense output norms start fresh.
-
-The functions that map keys are pure and tested directly; file loading never unpickles arbitrary objects.
+Files are read with ``weights_only=True``: no arbitrary objects are unpickled.
 """
 from __future__ import annotations
 
+import contextvars
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 
 import torch
 from mmengine.logging import print_log
 
-FORMATS = ('official', 'timm', 'mmpretrain')
+from .layouts import LAYOUT_NAMES, LAYOUTS, detect, get_layout  # noqa: F401  (LAYOUTS re-exported)
+
+FORMATS = LAYOUT_NAMES
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: unreadable, unknown layout, or made for another architecture."""
+    """A checkpoint that cannot be used: unreadable, unknown layout, bad values, or made for another architecture."""
 
 
 # --- reading files ---------------------------------------------------------------------------------
@@ -53,14 +53,51 @@ def _local_path(path: str) -> str:
     return path
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:300] if lines else '(no message)'
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if not head or b'\x00' in head:
+        return False
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        return False
+    return all(ch.isprintable() or ch in '\r\n\t' for ch in text)
+
+
 def read_checkpoint(path: str, map_location='cpu') -> dict:
     """Read a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file safely and return the raw object.
 
     ``.pth`` files are read with ``weights_only=True``: no arbitrary objects are unpickled (mmengine's own
-    checkpoint metadata is allow-listed by :mod:`convnext_backbone.safe_load`).
+    checkpoint metadata is allow-listed by :mod:`convnext_backbone.safe_load`). Empty, truncated, text (an HTML
+    error page, a Git LFS pointer) and object-pickling files are each a :class:`CheckpointError` naming the file.
     """
     from . import safe_load  # noqa: F401  (allow-lists mmengine's checkpoint metadata)
     local = _local_path(path)
+    size = os.path.getsize(local)
+    if size == 0:
+        raise CheckpointError(f'Checkpoint {path!r} is an empty file (0 bytes): the download or save did not '
+                              'complete. Fetch or save it again.')
+    with open(local, 'rb') as f:
+        head = f.read(256)
+        f.seek(max(size - 65558, 0))
+        tail = f.read()
+    if _looks_like_text(head):
+        first = head.decode('utf-8').strip().splitlines()[0][:120] if head.strip() else ''
+        hint = (' It is a Git LFS pointer: run `git lfs pull`, or download the file itself.'
+                if first.startswith('version https://git-lfs') else
+                ' It looks like a web page or an error message saved instead of the file.')
+        raise CheckpointError(f'Checkpoint {path!r} is a text file, not a checkpoint (it starts with {first!r}).{hint}')
+    truncated = CheckpointError(f'Checkpoint {path!r} is truncated or corrupt ({size} bytes, its end is missing): '
+                                'the download or save did not complete. Fetch or save it again.')
+    if local.endswith('.safetensors'):
+        if size < 8 or int.from_bytes(head[:8], 'little') + 8 > size:
+            raise truncated
+    elif head.startswith(b'PK\x03\x04') and b'PK\x05\x06' not in tail:  # a torch zip without its directory
+        raise truncated
     try:
         if local.endswith('.safetensors'):
             from safetensors.torch import load_file
@@ -68,13 +105,24 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
             return load_file(local, device=device)
         return torch.load(local, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a bad file; give one clear one
+        text = str(exc)
+        found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
+        if found:
+            raise CheckpointError(
+                f'Checkpoint {path!r} pickles an object of type {found.group(1)}, which is not loaded: only '
+                'tensors are (weights_only=True). Re-save just its state_dict: '
+                'torch.save(model.state_dict(), ...).') from exc
+        if any(s in text for s in ('unexpected EOF', 'Ran out of input', 'incomplete', 'MetadataIncompleteBuffer',
+                                   'central directory', 'failed reading zip')):
+            raise truncated from exc
+        detail = re.search(r'WeightsUnpickler error:\s*(\S[^\n]*)', text)
         raise CheckpointError(
-            f'Cannot read checkpoint {path!r}: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}. '
-            'Expected a torch .pth/.pt file of tensors or a .safetensors file. It is loaded with '
-            'weights_only=True; if it pickles custom objects, re-save just its state_dict.') from exc
+            f'Cannot read checkpoint {path!r}: {type(exc).__name__}: '
+            f'{detail.group(1)[:160] if detail else _first_line(exc)[:160]}. Expected a torch '
+            '.pth/.pt file of tensors or a .safetensors file (read with weights_only=True).') from exc
 
 
-def unwrap_state_dict(obj) -> dict[str, torch.Tensor]:
+def unwrap_state_dict(obj, source: str = 'Checkpoint') -> dict[str, torch.Tensor]:
     """Dig the tensor dict out of a checkpoint object (``state_dict``, ``model``, ``module`` wrappers)."""
     for _ in range(3):
         if isinstance(obj, dict):
@@ -85,105 +133,11 @@ def unwrap_state_dict(obj) -> dict[str, torch.Tensor]:
             else:
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError('Checkpoint holds no state dict of tensors (looked at the top level and under '
+        raise CheckpointError(f'{source} holds no state dict of tensors (looked at the top level and under '
                               "'state_dict', 'model', 'module'). Is this a model checkpoint?")
     if all(k.startswith('module.') for k in obj):  # saved from DistributedDataParallel
         obj = {k[len('module.'):]: v for k, v in obj.items()}
     return dict(obj)
-
-
-# --- pure key conversion ---------------------------------------------------------------------------
-
-def detect_format(keys) -> str:
-    """Name the layout of backbone keys (no prefix): 'official', 'timm' or 'mmpretrain'."""
-    keys = list(keys)
-    if any(k.startswith('stem.') or '.blocks.' in k for k in keys):
-        return 'timm'
-    if any('.depthwise_conv.' in k or '.pointwise_conv' in k for k in keys):
-        return 'mmpretrain'
-    if any('.dwconv.' in k for k in keys) or any(k.startswith('downsample_layers.') for k in keys):
-        return 'official'
-    sample = ', '.join(keys[:5])
-    raise CheckpointError(f'Not a ConvNeXt checkpoint: no known key layout (first keys: {sample}). '
-                          f'Supported layouts: {", ".join(FORMATS)}.')
-
-
-_TIMM_RULES = [
-    (re.compile(r'^stem\.([01])\.'), r'downsample_layers.0.\1.'),
-    (re.compile(r'^stages\.(\d+)\.downsample\.([01])\.'), r'downsample_layers.\1.\2.'),
-    (re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.'), r'stages.\1.\2.dwconv.'),
-    (re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc1\.'), r'stages.\1.\2.pwconv1.'),
-    (re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc2\.'), r'stages.\1.\2.pwconv2.'),
-    (re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.mlp\.grn\.weight$'), r'stages.\1.\2.grn.gamma'),
-    (re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.mlp\.grn\.bias$'), r'stages.\1.\2.grn.beta'),
-    (re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.'), r'stages.\1.\2.'),  # norm, gamma
-]
-_MMPRETRAIN_RULES = [
-    (re.compile(r'\.depthwise_conv\.'), '.dwconv.'),
-    (re.compile(r'\.pointwise_conv1\.'), '.pwconv1.'),
-    (re.compile(r'\.pointwise_conv2\.'), '.pwconv2.'),
-]
-_CLASSIFIER_KEY = re.compile(r'^(head\.|norm\.|norm_pre\.|fc\.)')
-
-
-def _apply_rules(key: str, rules) -> str:
-    for pattern, replacement in rules:
-        new, count = pattern.subn(replacement, key)
-        if count:
-            return new
-    return key
-
-
-def _to_our_shape(key: str, value: torch.Tensor) -> torch.Tensor:
-    if re.search(r'\.pwconv[12]\.weight$', key) and value.ndim == 4:  # 1x1 conv MLP -> linear
-        return value.flatten(1)
-    if re.search(r'\.grn\.(gamma|beta)$', key) and value.ndim == 1:
-        return value.reshape(1, 1, 1, -1)
-    return value
-
-
-def convert_key(key: str, fmt: str) -> str | None:
-    """Map one backbone key of layout ``fmt`` to ours; None for classification-only keys."""
-    if fmt not in FORMATS:
-        raise ValueError(f'Unknown checkpoint format {fmt!r}; valid: {", ".join(FORMATS)}.')
-    if _CLASSIFIER_KEY.match(key):
-        return None
-    if fmt == 'timm':
-        return _apply_rules(key, _TIMM_RULES)
-    if fmt == 'mmpretrain':
-        return _apply_rules(key, _MMPRETRAIN_RULES)
-    return key
-
-
-@dataclass
-class Conversion:
-    state_dict: dict
-    format: str
-    skipped: list = field(default_factory=list)  # keys dropped as classification-only / outside backbone
-
-
-def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: bool | None = None
-                       ) -> Conversion:
-    """Convert a backbone state dict (keys without any ``backbone.`` prefix) to our layout.
-
-    ``is_classifier`` says the weights come from a classifier (it had a head): mmpretrain classifiers then
-    hold their final pooled norm as the last ``norm{i}``, which is skipped. Detected when not given.
-    """
-    fmt = fmt or detect_format(state_dict)
-    if is_classifier is None:
-        is_classifier = any(_CLASSIFIER_KEY.match(k) for k in state_dict)
-    out, skipped = {}, []
-    last_norm = None
-    if fmt == 'mmpretrain' and is_classifier:
-        norms = sorted(int(m.group(1)) for k in state_dict if (m := re.match(r'^norm(\d+)\.', k)))
-        last_norm = f'norm{norms[-1]}.' if norms else None
-    for key, value in state_dict.items():
-        new = convert_key(key, fmt)
-        if new is None or (last_norm and key.startswith(last_norm)):
-            skipped.append(key)
-            continue
-        out[new] = _to_our_shape(new, value)
-    return Conversion(out, fmt, skipped)
 
 
 def split_backbone(state_dict: dict, prefix: str | None = None) -> tuple[dict, list, bool]:
@@ -206,103 +160,342 @@ def split_backbone(state_dict: dict, prefix: str | None = None) -> tuple[dict, l
     return inside, outside, has_head
 
 
-_OURS_TO_TIMM = [
-    (re.compile(r'^downsample_layers\.0\.([01])\.'), r'stem.\1.'),
-    (re.compile(r'^downsample_layers\.(\d+)\.([01])\.'), r'stages.\1.downsample.\2.'),
-    (re.compile(r'^stages\.(\d+)\.(\d+)\.dwconv\.'), r'stages.\1.blocks.\2.conv_dw.'),
-    (re.compile(r'^stages\.(\d+)\.(\d+)\.pwconv1\.'), r'stages.\1.blocks.\2.mlp.fc1.'),
-    (re.compile(r'^stages\.(\d+)\.(\d+)\.pwconv2\.'), r'stages.\1.blocks.\2.mlp.fc2.'),
-    (re.compile(r'^stages\.(\d+)\.(\d+)\.grn\.gamma$'), r'stages.\1.blocks.\2.mlp.grn.weight'),
-    (re.compile(r'^stages\.(\d+)\.(\d+)\.grn\.beta$'), r'stages.\1.blocks.\2.mlp.grn.bias'),
-    (re.compile(r'^stages\.(\d+)\.(\d+)\.'), r'stages.\1.blocks.\2.'),
-]
-
-
-def convert_ours_to_timm(state_dict: dict, conv_mlp: bool = False) -> Conversion:
-    """Our backbone state dict -> timm ``convnext_*`` keys (no head: load with ``strict=False`` or add one).
-
-    ``conv_mlp``: write the MLP as 1x1 convs, as timm's atto/femto/pico/nano models (``conv_mlp=True``)
-    expect. The per-stage output norms ``norm{i}`` have no timm counterpart and are reported as skipped.
-    """
-    out, skipped = {}, []
-    for key, value in state_dict.items():
-        if re.match(r'^norm\d+\.', key):
-            skipped.append(key)
-            continue
-        new = _apply_rules(key, _OURS_TO_TIMM)
-        if new.endswith(('.mlp.grn.weight', '.mlp.grn.bias')):
-            value = value.flatten()
-        elif conv_mlp and re.search(r'\.mlp\.fc[12]\.weight$', new):
-            value = value[:, :, None, None]
-        out[new] = value
-    return Conversion(out, 'timm', skipped)
-
-
-# --- loading into a model --------------------------------------------------------------------------
-
-def _describe(model) -> str:
-    return f'ConvNeXt(depths={model.depths}, channels={model.channels}, use_grn={model.use_grn})'
-
-
-def adapt_state_dict_in_place(model, state_dict: dict, prefix: str) -> None:
-    """Convert the keys under ``prefix`` of a state dict being loaded into ``model`` (a ConvNeXt) to our
-    layout, drop classification-only keys, and raise on a shape mismatch. Called by the model's
-    ``_load_from_state_dict``, so it applies to every way of loading."""
-    keys = [k for k in state_dict if k.startswith(prefix)]
-    if not keys:
-        return
-    local = {k[len(prefix):]: state_dict[k] for k in keys}
-    try:
-        fmt = detect_format(local)
-    except CheckpointError:
-        return  # nothing ConvNeXt-like under this prefix: torch reports the keys as missing/unexpected
-    result = convert_state_dict(local, fmt)
-    if fmt != 'official' or result.skipped:
-        for k in keys:
-            del state_dict[k]
-        state_dict.update({prefix + k: v for k, v in result.state_dict.items()})
-        msg = f'ConvNeXt at {prefix or "<root>"!r}: loaded a {fmt}-layout checkpoint'
-        if result.skipped:
-            msg += f'; skipped {len(result.skipped)} classification-only keys: {_short(result.skipped)}'
-        print_log(msg, logger='current')
-    expected = dict(model.named_parameters())
-    expected.update(model.named_buffers())
-    for key, value in result.state_dict.items():
-        if key in expected and expected[key].shape != value.shape:
-            raise CheckpointError(
-                f'Checkpoint tensor {prefix + key!r} has shape {tuple(value.shape)} but {_describe(model)} '
-                f'expects {tuple(expected[key].shape)}: the checkpoint was made for another architecture. '
-                'Set the backbone `arch` (or depths/channels, use_grn) to match the checkpoint.')
-
+# --- conversion (derived from the layout table) ------------------------------------------------------
 
 def _short(keys, limit: int = 8) -> str:
     keys = list(keys)
     return ', '.join(keys[:limit]) + (f', ... ({len(keys)} in all)' if len(keys) > limit else '')
 
 
-def load_pretrained(model, checkpoint: str, prefix: str | None = None, map_location='cpu') -> Conversion:
-    """Load a checkpoint of any supported layout into a ConvNeXt backbone; log format, missing and
-    unexpected keys. Returns the conversion (format, skipped keys)."""
-    state_dict = unwrap_state_dict(read_checkpoint(checkpoint, map_location))
-    backbone, outside, has_head = split_backbone(state_dict, prefix)
-    result = convert_state_dict(backbone, is_classifier=has_head or None)
-    result.skipped = outside + result.skipped
-    # Our layout now; the model's own hook checks shapes.
-    incompatible = model.load_state_dict(result.state_dict, strict=False)
-    lines = [f'Loaded {checkpoint} into {_describe(model)}: detected the {result.format} layout.']
+def detect_format(keys) -> str:
+    """Name the layout of backbone keys (no ``backbone.`` prefix), e.g. 'official', 'timm', 'hf', 'fcmae'."""
+    keys = list(keys)
+    found = detect(keys)
+    if found is None:
+        raise CheckpointError(f'Not a ConvNeXt checkpoint: no known key layout (first keys: {", ".join(keys[:5])}). '
+                              f'Supported layouts: {", ".join(FORMATS)}.')
+    return found.layout.name
+
+
+def convert_key(key: str, fmt: str) -> str | None:
+    """Map one backbone key of layout ``fmt`` to ours; None for classification-only or pretraining-only keys."""
+    layout = get_layout(fmt)
+    for wrapper in layout.wrappers:
+        if key.startswith(wrapper):
+            local = key[len(wrapper):]
+            if layout.is_dropped(local):
+                return None
+            mapped = layout.to_ours(local)
+            if mapped is not None:
+                return mapped[0]
+            if layout.is_classification(local):
+                return None
+    return key
+
+
+@dataclass
+class Conversion:
+    state_dict: dict
+    format: str
+    skipped: list = field(default_factory=list)  # classification-only, outside the backbone, no place in the target
+    dropped: list = field(default_factory=list)  # pretraining-only (FCMAE decoder, mask token)
+    aliases: list = field(default_factory=list)  # keys holding the same tensor as a loaded one (DINOv3 `norm`)
+
+
+def check_finite(state_dict: dict, source: str = 'Checkpoint') -> None:
+    """Refuse tensors holding NaN or Inf (a diverged run's checkpoint), naming how many and the first keys."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f'{source}: {len(bad)} tensor(s) hold NaN or Inf values: {_short(bad, 5)}. The run '
+                              'that wrote it diverged; use an earlier checkpoint.')
+
+
+def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: bool | None = None,
+                       source: str = 'Checkpoint', progress=None) -> Conversion:
+    """Convert a backbone state dict (keys without any ``backbone.`` prefix) of any layout to ours.
+
+    ``is_classifier`` says the weights come from a classifier (it had a head): an mmpretrain classifier then holds
+    its final pooled norm as the last ``norm{i}``, which is skipped. Detected when not given. Keys a layout does
+    not know are kept as they are (the model then reports them as unexpected). ``progress(done, total)`` is
+    called per tensor.
+    """
+    if fmt is None:
+        found = detect(state_dict)
+        if found is None:
+            detect_format(state_dict)  # raises with the message
+        layout, wrapper = found.layout, found.wrapper
+    else:
+        layout = get_layout(fmt)
+        wrapper = next((w for w in layout.wrappers if any(k.startswith(w) for k in state_dict)), layout.wrappers[-1])
+    if is_classifier is None:
+        is_classifier = any(layout.is_classification(k[len(wrapper):]) for k in state_dict if k.startswith(wrapper))
+    out, origin, skipped, dropped, aliases = {}, {}, [], [], []
+    total = len(state_dict)
+    for done, (key, value) in enumerate(state_dict.items(), 1):
+        if progress is not None:
+            progress(done, total)
+        if not key.startswith(wrapper):
+            skipped.append(key)
+            continue
+        local = key[len(wrapper):]
+        if layout.is_dropped(local):
+            dropped.append(key)
+            continue
+        mapped = layout.to_ours(local)
+        if mapped is None:
+            if layout.is_classification(local):
+                skipped.append(key)
+                continue
+            new = local
+        else:
+            new, rule = mapped
+            if rule.reshape is not None:
+                value = rule.reshape.to_ours(value)
+        if new in out:  # aliases (DINOv3's `norm` is `norms.3`): must hold the same tensor
+            if out[new].shape != value.shape or not torch.equal(out[new], value):
+                raise CheckpointError(f'{source}: {origin[new]!r} and {key!r} both map to {new!r} but differ.')
+            aliases.append(key)
+            continue
+        out[new], origin[new] = value, key
+    if layout.pooled_last_norm and is_classifier:
+        norms = sorted(int(m.group(1)) for k in out if (m := re.match(r'^norm(\d+)\.', k)))
+        if norms:
+            last = f'norm{norms[-1]}.'
+            skipped += [origin[k] for k in out if k.startswith(last)]
+            out = {k: v for k, v in out.items() if not k.startswith(last)}
+    check_finite(out, source)
+    return Conversion(out, layout.name, skipped, dropped, aliases)
+
+
+def convert_from_ours(state_dict: dict, fmt: str, conv_mlp: bool = False) -> Conversion:
+    """Our backbone state dict -> layout ``fmt`` (under the layout's plainest wrapper, e.g. none for 'hf').
+
+    ``conv_mlp``: write the MLP as 1x1 convs, as timm's atto/femto/pico/nano models (``conv_mlp=True``) expect.
+    Keys the layout has no place for (e.g. our dense ``norm{i}`` in timm) are reported as skipped.
+    """
+    layout = get_layout(fmt)
+    wrapper, options = layout.wrappers[-1], dict(conv_mlp=conv_mlp)
+    out, skipped = {}, []
+    for key, value in state_dict.items():
+        mapped = layout.from_ours(key)
+        if mapped is None:
+            skipped.append(key)
+            continue
+        new, rule = mapped
+        out[wrapper + new] = rule.reshape.to_theirs(value, options) if rule.reshape is not None else value
+    return Conversion(out, layout.name, skipped)
+
+
+@dataclass
+class Arch:
+    depths: list
+    channels: list
+    use_grn: bool
+    layer_scale: bool
+
+    @property
+    def name(self) -> str | None:
+        from .convnext import ARCH_SETTINGS
+        return next((n for n, (d, c) in ARCH_SETTINGS.items() if d == self.depths and c == self.channels), None)
+
+    def __str__(self):
+        version = 'ConvNeXt-V2 (GRN)' if self.use_grn else 'ConvNeXt V1'
+        scale = 'layer scale' if self.layer_scale else 'no layer scale'
+        return (f'{self.name or "custom"} (depths {self.depths}, channels {self.channels}), {version}, {scale}; '
+                f"backbone: arch={self.name or dict(depths=self.depths, channels=self.channels)!r}, "
+                f'use_grn={self.use_grn}, layer_scale_init_value={1e-6 if self.layer_scale else 0}')
+
+
+def infer_arch(state_dict: dict) -> Arch:
+    """Depths, channels and variant of a state dict in our layout, from its keys and shapes."""
+    blocks = {}
+    for key, value in state_dict.items():
+        m = re.match(r'^stages\.(\d+)\.(\d+)\.dwconv\.weight$', key)
+        if m:
+            s, b = int(m.group(1)), int(m.group(2))
+            depth, _ = blocks.get(s, (0, 0))
+            blocks[s] = (max(depth, b + 1), value.shape[0])
+    if not blocks or sorted(blocks) != list(range(len(blocks))):
+        raise CheckpointError('Cannot tell the architecture: the checkpoint has no complete set of stages '
+                              f'(found stages {sorted(blocks)}).')
+    return Arch([blocks[s][0] for s in sorted(blocks)], [blocks[s][1] for s in sorted(blocks)],
+                use_grn=any('.grn.' in k for k in state_dict),
+                layer_scale=any(re.match(r'^stages\.\d+\.\d+\.gamma$', k) for k in state_dict))
+
+
+# --- loading into a model: the one path -------------------------------------------------------------
+
+@dataclass
+class _LoadContext:
+    source: str
+    outside: list
+    is_classifier: bool | None
+    result: Conversion | None = None
+
+
+_CONTEXT: contextvars.ContextVar = contextvars.ContextVar('convnext_checkpoint_load', default=None)
+
+
+def _describe(model) -> str:
+    return f'ConvNeXt(depths={model.depths}, channels={model.channels}, use_grn={model.use_grn})'
+
+
+def _fit(model, result: Conversion, prefix: str, source: str) -> dict:
+    """Check a converted state dict against ``model``: shapes (singleton dims adapted, e.g. 1x1 conv vs linear),
+    then missing and unexpected keys. Dense norms of stages the model does not output are skipped."""
+    expected = dict(model.named_parameters())
+    expected.update(model.named_buffers())
+    out = {}
+    for key, value in result.state_dict.items():
+        if key not in expected:
+            if re.match(r'^norm\d+\.', key):
+                result.skipped.append(key)  # a dense norm of a stage not in out_indices
+                continue
+            out[key] = value
+            continue
+        shape = expected[key].shape
+        if value.shape != shape:
+            if value.numel() == expected[key].numel() and [d for d in value.shape if d != 1] == \
+                    [d for d in shape if d != 1]:
+                value = value.reshape(shape)
+            else:
+                raise CheckpointError(
+                    f'{source}: tensor {prefix + key!r} has shape {tuple(value.shape)} but {_describe(model)} '
+                    f'expects {tuple(shape)}: the checkpoint was made for another architecture. Set the backbone '
+                    '`arch` (or depths/channels, use_grn) to match the checkpoint.')
+        out[key] = value
+    # Only the dense output norms may legitimately be absent; anything else means another variant.
+    missing = [k for k in expected if k not in out and not re.match(r'^norm\d+\.', k)]
+    unexpected = [k for k in out if k not in expected]
+    if missing or unexpected:
+        raise CheckpointError(
+            f'{source} ({result.format} layout) does not fit {_describe(model)}: missing {_short(missing) or "none"}; '
+            f'unexpected {_short(unexpected) or "none"}. Match the backbone to it: depths / arch for missing or '
+            'extra blocks; ConvNeXt-V2 weights need use_grn=True and layer_scale_init_value=0, V1 weights '
+            'use_grn=False and layer_scale_init_value > 0.')
+    return out
+
+
+def adapt_state_dict_in_place(model, state_dict: dict, prefix: str) -> None:
+    """The one loading path. Convert the keys under ``prefix`` of a state dict being loaded into ``model`` (a
+    ConvNeXt) to our layout, check them (values, shapes, missing, unexpected) and log what was found. Called by
+    the model's ``_load_from_state_dict``, so it applies to ``init_cfg`` (:func:`load_pretrained`), a whole
+    detector's ``load_from`` and ``load_state_dict`` alike."""
+    context = _CONTEXT.get()
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    if not keys:
+        return
+    local = {k[len(prefix):]: state_dict[k] for k in keys}
+    if detect(local) is None:
+        if context is not None:
+            detect_format(local)  # raises: the file given in init_cfg is not a ConvNeXt checkpoint
+        return  # nothing ConvNeXt-like under this prefix: torch reports the keys as missing/unexpected
+    source = f'Checkpoint {context.source!r}' if context else f'Checkpoint loaded at {prefix or "<root>"!r}'
+    result = convert_state_dict(local, is_classifier=context.is_classifier if context else None, source=source)
+    if context is not None:
+        result.skipped = context.outside + result.skipped
+        context.result = result
+    fitted = _fit(model, result, prefix, source)
+    for k in keys:
+        del state_dict[k]
+    state_dict.update({prefix + k: v for k, v in fitted.items()})
+    missing = [k for k in list(dict(model.named_parameters())) if k not in fitted]
+    where = f' at {prefix!r}' if prefix else ''
+    lines = [f'Loaded {context.source if context else "a checkpoint"} into {_describe(model)}{where}: '
+             f'detected the {result.format} layout.']
     if result.skipped:
         lines.append(f'  skipped (classification-only or outside the backbone): {_short(result.skipped)}')
-    if incompatible.missing_keys:
-        lines.append(f'  missing (kept their initialisation): {_short(incompatible.missing_keys)}')
-    if incompatible.unexpected_keys:
-        lines.append(f'  unexpected (ignored): {_short(incompatible.unexpected_keys)}')
+    if result.dropped:
+        lines.append(f'  dropped (pretraining-only): {_short(result.dropped)}')
+    if result.aliases:
+        lines.append(f'  aliases (the same tensors as loaded ones): {_short(result.aliases)}')
+    if missing:
+        lines.append(f'  missing (kept their initialisation): {_short(missing)}')
     print_log('\n'.join(lines), logger='current')
-    # Only the dense output norms may legitimately be absent; anything else means another variant.
-    missing = [k for k in incompatible.missing_keys if not re.match(r'^norm\d+\.', k)]
-    if missing or incompatible.unexpected_keys:
-        raise CheckpointError(
-            f'Checkpoint {checkpoint} does not fit {_describe(model)}: missing {_short(missing) or "none"}; '
-            f'unexpected {_short(incompatible.unexpected_keys) or "none"}. Match the backbone to it: depths / '
-            'arch for missing or extra blocks; ConvNeXt-V2 weights need use_grn=True and '
-            'layer_scale_init_value=0, V1 weights use_grn=False and layer_scale_init_value > 0.')
-    return result
+
+
+def load_pretrained(model, checkpoint: str, prefix: str | None = None, map_location='cpu') -> Conversion:
+    """Load a checkpoint of any supported layout into a ConvNeXt backbone (``init_cfg`` ``Pretrained``): read it,
+    select the backbone's keys, and hand them to the one loading path. Returns the conversion (layout, skipped)."""
+    state_dict = unwrap_state_dict(read_checkpoint(checkpoint, map_location), f'Checkpoint {checkpoint!r}')
+    backbone, outside, has_head = split_backbone(state_dict, prefix)
+    context = _LoadContext(checkpoint, outside, has_head or None)
+    token = _CONTEXT.set(context)
+    try:
+        model.load_state_dict(backbone, strict=False)
+    finally:
+        _CONTEXT.reset(token)
+    return context.result
+
+
+# --- converting files (tools/convert_checkpoint.py) ------------------------------------------------------
+
+WRITE_TARGETS = ('ours',) + tuple(name for name in LAYOUT_NAMES if name != 'official')
+_PROGRESS_BYTES = 100 * 2 ** 20
+
+
+class _Progress:
+    """A one-line progress bar on stderr, in 5% steps."""
+
+    def __init__(self, label: str, stream=None):
+        self.label, self.stream, self.shown = label, stream or sys.stderr, -1
+
+    def __call__(self, done: int, total: int):
+        percent = 100 * done // max(total, 1)
+        if percent // 5 != self.shown // 5 or done == total:
+            self.shown = percent
+            end = '\n' if done == total else ''
+            self.stream.write(f'\r{self.label}: {percent:3d}% ({done}/{total} tensors){end}')
+            self.stream.flush()
+
+
+def convert_file(src: str, dst: str, to: str = 'ours', prefix: str | None = None, conv_mlp: bool = False,
+                 progress: bool | None = None, out=print) -> Conversion:
+    """Convert checkpoint file ``src`` (any layout) to ``dst`` in layout ``to`` (see :data:`WRITE_TARGETS`).
+
+    Prints the detected layout, the architecture (from the shapes) and the skipped keys; shows progress for large
+    files (``progress=None``: when ``src`` is 100 MiB or more). ``dst`` ending in ``.safetensors`` is written as
+    safetensors (with the ``format: pt`` metadata transformers expects), else with ``torch.save``: ours as
+    ``{'state_dict': ...}``, other layouts as a plain state dict.
+    """
+    if to == 'hf-transformers':
+        to = 'hf'
+    if to not in WRITE_TARGETS:
+        raise CheckpointError(f'Unknown target layout {to!r}; choose one of {", ".join(WRITE_TARGETS)}.')
+    size = os.path.getsize(src) if os.path.isfile(src) else 0
+    if progress is None:
+        progress = size >= _PROGRESS_BYTES
+    if progress:
+        out(f'reading {src} ({size / 2 ** 20:.0f} MiB)')
+    state_dict = unwrap_state_dict(read_checkpoint(src), f'Checkpoint {src!r}')
+    backbone, outside, has_head = split_backbone(state_dict, prefix)
+    result = convert_state_dict(backbone, is_classifier=has_head or None, source=f'Checkpoint {src!r}',
+                                progress=_Progress('converting') if progress else None)
+    arch = infer_arch(result.state_dict)
+    skipped = outside + result.skipped
+    written = result.state_dict
+    if to != 'ours':
+        back = convert_from_ours(written, to, conv_mlp=conv_mlp)
+        written, skipped = back.state_dict, skipped + back.skipped
+    directory = os.path.dirname(os.path.abspath(dst))
+    os.makedirs(directory, exist_ok=True)
+    if dst.endswith('.safetensors'):
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in written.items()}, dst, metadata={'format': 'pt'})
+    else:
+        torch.save({'state_dict': written} if to == 'ours' else written, dst)
+    out(f'{src}: detected the {result.format} layout, {len(backbone)} backbone tensors')
+    out(f'arch: {arch}')
+    if skipped:
+        out(f'skipped {len(skipped)} (classification-only, outside the backbone, or no place in {to}): '
+            f'{_short(skipped, 10)}')
+    if result.dropped:
+        out(f'dropped {len(result.dropped)} pretraining-only: {_short(result.dropped, 10)}')
+    out(f'wrote {dst} ({to} layout, {len(written)} tensors)')
+    return Conversion(written, to, skipped, result.dropped)
+
+
+__all__ = ['Arch', 'CheckpointError', 'Conversion', 'FORMATS', 'LAYOUTS', 'WRITE_TARGETS', 'adapt_state_dict_in_place',
+           'check_finite', 'convert_file', 'convert_from_ours', 'convert_key',
+           'convert_state_dict', 'detect_format', 'infer_arch', 'load_pretrained', 'read_checkpoint',
+           'split_backbone', 'unwrap_state_dict']

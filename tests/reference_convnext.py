@@ -106,3 +106,92 @@ def randomize_(model, seed=0):
                 base = 1.0 if name.endswith('weight') and 'grn' not in name else 0.0
                 p.copy_(base + 0.2 * torch.randn(p.shape, generator=gen))
     return model
+
+
+def official_stage_outputs(model, x):
+    """The un-normalised output of every stage of an :class:`OfficialConvNeXt` (or DINOv3 ConvNeXt)."""
+    outs = []
+    for down, stage in zip(model.downsample_layers, model.stages):
+        x = stage(down(x))
+        outs.append(x)
+    return outs
+
+
+class DINOv3ConvNeXt(OfficialConvNeXt):
+    """The DINOv3 ConvNeXt (facebookresearch/dinov3 ``dinov3/models/convnext.py``) as far as its weights and
+    dense features go: the official backbone without output norms, a final ``norm`` (LayerNorm over channels)
+    that is also ``norms[3]``, identities as ``norms[0..2]``."""
+
+    def __init__(self, depths, dims, layer_scale_init_value=1e-6):
+        super().__init__(depths=depths, dims=dims, layer_scale_init_value=layer_scale_init_value, out_indices=())
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.norms = nn.ModuleList([nn.Identity() for _ in range(3)])
+        self.norms.append(self.norm)
+
+    def get_intermediate_layers(self, x):
+        """``get_intermediate_layers(x, n=4, reshape=True, norm=True)``: each stage through ``norms[i]``."""
+        outs = []
+        for norm, feat in zip(self.norms, official_stage_outputs(self, x)):
+            n, c, h, w = feat.shape
+            outs.append(norm(feat.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(n, c, h, w))
+        return outs
+
+
+# ConvNeXt-V2's FCMAE checkpoint conversions (facebookresearch/ConvNeXt-V2 utils.py), written out for any depth:
+# remap_checkpoint_keys (sparse MinkowskiEngine encoder -> dense model) and its inverse dedense_checkpoint_keys.
+
+def fcmae_remap_checkpoint_keys(ckpt):
+    new_ckpt = {}
+    for k, v in ckpt.items():
+        if k.startswith('encoder'):
+            k = '.'.join(k.split('.')[1:])
+        if k.endswith('kernel'):
+            new_k = '.'.join(k.split('.')[:-1]) + '.weight'
+            if v.ndim == 3:  # standard conv: (K*K, Cin, Cout)
+                kv, in_dim, out_dim = v.shape
+                ks = int(kv ** 0.5)
+                new_ckpt[new_k] = v.permute(2, 1, 0).reshape(out_dim, in_dim, ks, ks).transpose(3, 2)
+            elif v.ndim == 2:  # depthwise conv: (K*K, C)
+                kv, dim = v.shape
+                ks = int(kv ** 0.5)
+                new_ckpt[new_k] = v.permute(1, 0).reshape(dim, 1, ks, ks).transpose(3, 2)
+            continue
+        if 'ln' in k or 'linear' in k:
+            parts = k.split('.')
+            parts.pop(-2)
+            new_k = '.'.join(parts)
+        else:
+            new_k = k
+        new_ckpt[new_k] = v
+    for k, v in new_ckpt.items():
+        if k.endswith('bias') and v.ndim != 1:
+            new_ckpt[k] = v.reshape(-1)
+        elif 'grn' in k:
+            new_ckpt[k] = v.unsqueeze(0).unsqueeze(1)
+    return new_ckpt
+
+
+def fcmae_dedense_checkpoint_keys(ckpt):
+    """Dense official V2 backbone keys -> the sparse FCMAE encoder's (``encoder.`` prefix)."""
+    import re
+    new_ckpt = {}
+    for k, v in ckpt.items():
+        if re.match(r'norm\d+\.', k):
+            continue  # not in the FCMAE encoder
+        if re.match(r'downsample_layers\.[1-9]\d*\.1\.weight$', k):  # standard conv
+            out_dim, in_dim, ks, _ = v.shape
+            new_ckpt['encoder.' + k[:-len('weight')] + 'kernel'] = \
+                v.transpose(3, 2).reshape(out_dim, in_dim, ks * ks).permute(2, 1, 0)
+        elif re.match(r'stages\.\d+\.\d+\.dwconv\.weight$', k):
+            dim, _, ks, _ = v.shape
+            new_ckpt['encoder.' + k[:-len('weight')] + 'kernel'] = v.transpose(3, 2).reshape(dim, ks * ks).permute(1, 0)
+        else:
+            parts = k.split('.')
+            if re.match(r'downsample_layers\.[1-9]\d*\.0\.', k) or re.match(r'stages\.\d+\.\d+\.norm\.', k):
+                parts.insert(-1, 'ln')
+            elif re.match(r'stages\.\d+\.\d+\.pwconv[12]\.', k):
+                parts.insert(-1, 'linear')
+            if re.match(r'(downsample_layers\.[1-9]\d*\.1|stages\.\d+\.\d+\.dwconv)\.bias$', k) or '.grn.' in k:
+                v = v.squeeze().unsqueeze(0)
+            new_ckpt['encoder.' + '.'.join(parts)] = v
+    return new_ckpt

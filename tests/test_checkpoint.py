@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from convnext_backbone import CheckpointError, ConvNeXt, convert_ours_to_timm, convert_state_dict
+from convnext_backbone import CheckpointError, ConvNeXt, convert_from_ours, convert_state_dict
 from convnext_backbone.checkpoint import convert_key, detect_format, split_backbone
 from reference_convnext import OfficialConvNeXt, randomize_
 
@@ -125,7 +125,7 @@ def test_timm_linear_mlp_variant(tmp_path):
 def test_round_trip_ours_timm_ours(v2):
     kwargs = dict(arch='atto', use_grn=v2, layer_scale_init_value=0 if v2 else 1e-6)
     ours = randomize_(ConvNeXt(**kwargs)).eval()
-    to_timm = convert_ours_to_timm(ours.state_dict(), conv_mlp=True)  # timm's atto is conv-MLP
+    to_timm = convert_from_ours(ours.state_dict(), 'timm', conv_mlp=True)  # timm's atto is conv-MLP
     assert sorted(to_timm.skipped) == sorted(k for k in ours.state_dict() if k.startswith('norm'))
     reference = timm.create_model('convnextv2_atto' if v2 else 'convnext_atto', pretrained=False)
     result = reference.load_state_dict(to_timm.state_dict, strict=False)
@@ -134,7 +134,7 @@ def test_round_trip_ours_timm_ours(v2):
     with torch.no_grad():
         ours.norm0.reset_parameters()  # identity-initialised, as timm's features are compared un-normed
         assert (ours(x)[0] - _layer_norm_2d(_timm_stage_features(reference.eval(), x)[0])).abs().max() < 1e-5
-    linear = convert_ours_to_timm(ours.state_dict())
+    linear = convert_from_ours(ours.state_dict(), 'timm')
     assert linear.state_dict['stages.0.blocks.0.mlp.fc1.weight'].ndim == 2
     back = convert_state_dict(to_timm.state_dict)
     assert back.format == 'timm'
@@ -262,7 +262,8 @@ def test_garbage_file_is_a_clear_error(tmp_path):
 def test_pickled_objects_are_refused(tmp_path):
     import argparse
     torch.save({'state_dict': {'w': torch.zeros(1)}, 'evil': argparse.Namespace(a=1)}, tmp_path / 'obj.pth')
-    with pytest.raises(CheckpointError, match='Cannot read checkpoint.*weights_only=True'):
+    with pytest.raises(CheckpointError,
+                       match='obj.pth.*pickles an object of type argparse.Namespace.*weights_only=True'):
         _pretrained(tmp_path / 'obj.pth', arch='atto')
 
 
@@ -293,24 +294,26 @@ def test_checkpoint_of_another_variant_or_depth_is_an_error(tmp_path):
         _pretrained(tmp_path / 'atto.pth', arch=dict(depths=[2, 2, 8, 2], channels=[40, 80, 160, 320]))
 
 
-def test_convert_checkpoint_tool(tmp_path):
-    import subprocess
-    import sys
+def test_convert_checkpoint_tool(tmp_path, capsys):
+    """timm -> ours -> timm through the tool's entry point (the CLI itself runs in test_layouts)."""
+    import importlib.util
+    import os
+    spec = importlib.util.spec_from_file_location(
+        'convert_checkpoint', os.path.join(os.path.dirname(__file__), '..', 'tools', 'convert_checkpoint.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
     reference = randomize_(timm.create_model('convnext_atto', pretrained=False)).eval()
     torch.save({'model': reference.state_dict()}, tmp_path / 'timm.pth')
-    import os
-    tool = [sys.executable, os.path.join(os.path.dirname(__file__), '..', 'tools', 'convert_checkpoint.py')]
-    run = subprocess.run(tool + [str(tmp_path / 'timm.pth'), str(tmp_path / 'ours.safetensors')],
-                         capture_output=True, text=True, check=True)
-    assert 'timm layout' in run.stdout and 'head.norm.weight' in run.stdout
+    tool.main([str(tmp_path / 'timm.pth'), str(tmp_path / 'ours.safetensors')])
+    out = capsys.readouterr().out
+    assert 'timm layout' in out and 'head.norm.weight' in out and "arch: atto (depths [2, 2, 6, 2]" in out
     ours = _pretrained(tmp_path / 'ours.safetensors', arch='atto')
-    subprocess.run(tool + [str(tmp_path / 'ours.safetensors'), str(tmp_path / 'back.pth'), '--to', 'timm',
-                           '--conv-mlp'], capture_output=True, text=True, check=True)
+    tool.main([str(tmp_path / 'ours.safetensors'), str(tmp_path / 'back.pth'), '--to', 'timm', '--conv-mlp'])
     back = torch.load(tmp_path / 'back.pth', weights_only=True)
     original = reference.state_dict()
     assert set(back) == {k for k in original if not k.startswith('head.')}
     assert all(torch.equal(back[k], original[k]) for k in back)
     assert ours.downsample_layers[0][0].weight.shape == (40, 3, 4, 4)
     (tmp_path / 'bad.pth').write_bytes(b'junk')
-    run = subprocess.run(tool + [str(tmp_path / 'bad.pth'), str(tmp_path / 'x.pth')], capture_output=True, text=True)
-    assert run.returncode != 0 and 'error: Cannot read checkpoint' in run.stderr
+    with pytest.raises(SystemExit, match=r"error: Checkpoint '.*bad.pth' is a text file"):
+        tool.main([str(tmp_path / 'bad.pth'), str(tmp_path / 'x.pth')])

@@ -2,22 +2,22 @@
 interop path) and both pipelines end to end at a miniature size (`make demo` / `make demo-seg` run them at
 full size; their measured results are in the README)."""
 import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from convnext_backbone import ConvNeXt
+from convnext_backbone.checkpoint import detect_format
+from convnext_backbone.demo import coco as synthetic_coco
+from convnext_backbone.demo import detection as demo
+from convnext_backbone.demo import pretrain as pretrain_shapes
+from convnext_backbone.demo import segmentation as demo_seg
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import demo  # noqa: E402
-import demo_seg  # noqa: E402
-import make_demo_data  # noqa: E402
-import pretrain_shapes  # noqa: E402
-import synthetic_coco  # noqa: E402
-
-from convnext_backbone import ConvNeXt  # noqa: E402
-from convnext_backbone.checkpoint import detect_format  # noqa: E402
 
 
 def test_scenes_keep_every_object_whole_and_recognisable():
@@ -44,7 +44,7 @@ def test_scenes_keep_every_object_whole_and_recognisable():
 def test_demo_configs_share_the_pretrained_backbone_and_the_classes(name):
     """One pretrained checkpoint serves both demos: their backbones must be the pretraining's arch, and their
     class lists the generator's."""
-    from common import load_config
+    from convnext_backbone.tools.common import load_config
     cfg = load_config(os.path.join(ROOT, 'configs', 'demo', name))
     assert dict(cfg.model.backbone.arch) == pretrain_shapes.DEMO_ARCH
     assert tuple(cfg.train_dataloader.dataset.metainfo['classes']) == synthetic_coco.CLASSES
@@ -87,19 +87,29 @@ def test_pretraining_learns_and_saves_the_official_format(tmp_path):
         torch.testing.assert_close(result['head'](model.eval()(x)[0]), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_make_demo_data_cli_writes_both_sets(tmp_path, capsys):
-    written = make_demo_data.main([str(tmp_path), '--coco-train', '3', '--coco-val', '2',
-                                   '--ade20k-train', '2', '--ade20k-val', '1'])
-    assert set(written) == {'coco', 'ade20k'}
+def _make_demo_data(*args):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'make_demo_data.py'), *map(str, args)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def test_make_demo_data_cli_writes_every_set(tmp_path):
+    """The one command line for the demos' data: both sets at once, and each on its own with its options."""
+    out = _make_demo_data('all', tmp_path, '--coco-train', 3, '--coco-val', 2, '--ade20k-train', 2, '--ade20k-val', 1)
     assert sorted(os.listdir(tmp_path / 'shapes_coco' / 'annotations')) == ['instances_train.json',
                                                                           'instances_val.json']
     assert len(os.listdir(tmp_path / 'shapes_coco' / 'train')) == 3
     assert len(os.listdir(tmp_path / 'shapes_ade20k' / 'annotations' / 'training')) == 2
     assert len(os.listdir(tmp_path / 'shapes_ade20k' / 'images' / 'validation')) == 1
-    out = capsys.readouterr().out
     assert 'shapes_coco: 3 train / 2 val' in out and 'shapes_ade20k: 2 training / 1 validation' in out
-    assert make_demo_data.main([str(tmp_path / 'only'), '--only', 'ade20k', '--ade20k-train', '1',
-                                '--ade20k-val', '1']).keys() == {'ade20k'}
+    out = _make_demo_data('ade20k', tmp_path / 'ade', '--train', 2, '--val', 1, '--size', 32, 40)
+    assert len(os.listdir(tmp_path / 'ade' / 'images' / 'training')) == 2
+    assert np.asarray(Image.open(tmp_path / 'ade' / 'annotations' / 'validation' / 'ADE_val_00000001.png')).shape \
+        == (32, 40)
+    assert '2 training and 1 validation images' in out
+    _make_demo_data('coco', tmp_path / 'coco', '--train', 1, '--val', 1, '--size', 64)
+    assert len(os.listdir(tmp_path / 'coco' / 'val')) == 1
 
 
 @pytest.fixture(scope='module')

@@ -11,13 +11,12 @@ import pytest
 import torch
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import synthetic_coco  # noqa: E402
-import test as test_tool  # noqa: E402
-import train as train_tool  # noqa: E402
-from common import adapt_to_machine, load_config, revert_sync_bn  # noqa: E402
+from convnext_backbone.demo import coco as synthetic_coco  # noqa: E402
+from convnext_backbone.tools import test as test_tool  # noqa: E402
+from convnext_backbone.tools import train as train_tool  # noqa: E402
+from convnext_backbone.tools.common import adapt_to_machine, load_config, revert_sync_bn  # noqa: E402
 
-CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'detection', '*.py')))
+ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'detection', '*.py')))
 SMALL = dict(depths=[1, 1, 2, 1], channels=[16, 32, 48, 64])
 URL = 'https://dl.fbaipublicfiles.com/convnext/'
 
@@ -61,13 +60,6 @@ def _one_train_step(cfg):
     return model, optim_wrapper
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=os.path.basename)
-def test_config_builds_and_trains_one_step(path):
-    cfg = load_config(path)
-    _shrink(cfg)
-    _one_train_step(cfg)
-
-
 PAPER = {  # config: (detector, arch, drop_path, lr, decay, num_layers, amp, checkpoint)
     'mask_rcnn_convnext_t_3x': ('MaskRCNN', 'tiny', 0.4, 1e-4, 0.95, 6, True, 'convnext_tiny_1k_224.pth'),
     'cascade_convnext_t_3x': ('CascadeRCNN', 'tiny', 0.4, 2e-4, 0.7, 6, True, 'convnext_tiny_1k_224.pth'),
@@ -83,8 +75,68 @@ PAPER = {  # config: (detector, arch, drop_path, lr, decay, num_layers, amp, che
 }
 
 
+# Recipes beyond the paper (no published numbers; the reasoning for each value is in the config): config:
+# (detector, stock mmdet base, arch, drop_path, decay, num_layers, checkpoint). tests/test_architectures.py trains
+# them one step.
+RECIPES = {
+    'dino_4scale_convnext_t_12e': ('DINO', 'dino/dino-4scale_r50_8xb2-12e_coco.py', 'tiny', 0.2, 0.7, 6,
+                                   'convnext_tiny_1k_224.pth'),
+    'dino_4scale_convnext_b_12e': ('DINO', 'dino/dino-4scale_r50_8xb2-12e_coco.py', 'base', 0.4, 0.8, 12,
+                                   'convnext_base_1k_224.pth'),
+    'mask2former_convnext_t_50e': ('Mask2Former', 'mask2former/mask2former_r50_8xb2-lsj-50e_coco.py', 'tiny', 0.4,
+                                   0.7, 6, 'convnext_tiny_1k_224.pth'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(PAPER))
+def test_config_builds_and_trains_one_step(name):
+    cfg = load_config(os.path.join(ROOT, 'configs', 'detection', name + '.py'))
+    _shrink(cfg)
+    _one_train_step(cfg)
+
+
 def test_every_config_is_in_the_table():
-    assert sorted(PAPER) == sorted(os.path.basename(p)[:-3] for p in CONFIGS)
+    assert sorted([*PAPER, *RECIPES]) == sorted(os.path.basename(p)[:-3] for p in ALL_CONFIGS)
+
+
+@pytest.mark.parametrize('name', sorted(RECIPES))
+def test_recipe_beyond_the_paper_inherits_the_stock_one(name):
+    """Everything but the backbone, its input channels and the optimizer's paramwise rule is the stock recipe."""
+    from convnext_backbone import ARCH_SETTINGS
+    detector, base, arch, drop_path, decay, num_layers, checkpoint = RECIPES[name]
+    cfg = load_config(os.path.join(ROOT, 'configs', 'detection', name + '.py'))
+    stock = load_config('mmdet::' + base)
+    backbone = cfg.model.backbone
+    assert cfg.custom_imports['imports'] == ['convnext_backbone']
+    assert (cfg.model.type, backbone.type, backbone.arch, backbone.drop_path_rate) == (detector, 'ConvNeXt', arch,
+                                                                                       drop_path)
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=URL + checkpoint)
+    channels = ARCH_SETTINGS[arch][1]
+    if detector == 'DINO':  # 3 backbone levels, ChannelMapper's extra conv makes the fourth
+        assert tuple(backbone.out_indices) == (1, 2, 3) and cfg.model.neck.in_channels == channels[1:]
+        assert cfg.model.neck.num_outs == 4
+        cfg.model.neck.in_channels = stock.model.neck.in_channels
+    else:
+        assert tuple(backbone.out_indices) == (0, 1, 2, 3) and cfg.model.panoptic_head.in_channels == channels
+        cfg.model.panoptic_head.in_channels = stock.model.panoptic_head.in_channels
+    optim = cfg.optim_wrapper
+    assert optim.constructor == 'ConvNeXtLayerDecayOptimizerConstructor'
+    assert (optim.paramwise_cfg.decay_rate, optim.paramwise_cfg.decay_type, optim.paramwise_cfg.num_layers) == (
+        decay, 'layer_wise', num_layers)
+    assert 'backbone' not in optim.paramwise_cfg.get('custom_keys', {})  # the decay replaces the flat 0.1x
+    for c in (cfg, stock):
+        c.model.pop('backbone'), c.optim_wrapper.pop('paramwise_cfg'), c.pop('custom_imports', None)
+    assert cfg.optim_wrapper.pop('constructor') == 'ConvNeXtLayerDecayOptimizerConstructor'
+    assert _without_scope(cfg.to_dict()) == _without_scope(stock.to_dict())
+
+
+def _without_scope(cfg):
+    """A config as plain data, without the '_scope_' keys mmengine adds to dicts inherited across packages."""
+    if isinstance(cfg, dict):
+        return {k: _without_scope(v) for k, v in cfg.items() if k != '_scope_'}
+    if isinstance(cfg, (list, tuple)):
+        return [_without_scope(v) for v in cfg]
+    return cfg
 
 
 @pytest.mark.parametrize('name', sorted(PAPER))

@@ -10,7 +10,6 @@
 import copy
 import os
 import re
-import sys
 import threading
 
 import numpy as np
@@ -22,12 +21,11 @@ import torch.nn as nn
 
 from convnext_backbone import ConvNeXt, cpu_kernels
 from convnext_backbone.convnext import GRN, LayerNorm2d
+from convnext_backbone.tools import export as export_tool
+from convnext_backbone.tools.common import build_model_from_config, dummy_batch, load_config
 from reference_convnext import OfficialConvNeXt, OfficialGRN, OfficialLayerNorm, randomize_
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
-import export as export_tool  # noqa: E402
-from common import dummy_batch, load_config  # noqa: E402
 
 TINY = dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32])
 NUM_BLOCKS = sum(TINY['depths'])
@@ -228,7 +226,7 @@ def shrunk_config(tmp_path, base, overrides):
 
 def random_checkpoint(tmp_path, config):
     """A whole-model checkpoint with non-trivial weights (all norms and layer scales off their init)."""
-    model, _ = export_tool.build_model_from_config(load_config(config))
+    model, _ = build_model_from_config(load_config(config))
     randomize_(model, seed=3)
     path = str(tmp_path / 'model.pth')
     torch.save({'state_dict': model.state_dict()}, path)

@@ -192,9 +192,8 @@ def test_cascade_mask_rcnn_from_shipped_config_gets_expected_groups():
     from mmdet.registry import MODELS
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope
+    from convnext_backbone.tools.common import adapt_to_machine, load_config
     root = os.path.join(os.path.dirname(__file__), '..')
-    sys.path.insert(0, os.path.join(root, 'tools'))
-    from common import adapt_to_machine, load_config
     cfg = load_config(os.path.join(root, 'configs', 'detection', 'cascade_convnext_t_3x.py'))
     cfg.model.backbone.pop('init_cfg')
     adapt_to_machine(cfg)  # SyncBN -> BN, fp32 on this CPU machine; the grouping is the same

@@ -33,8 +33,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import build_model_from_config, dummy_batch, load_config  # noqa: E402
+from convnext_backbone.tools.common import build_model_from_config, dummy_batch, load_config, require
 
 
 def _sync(device):
@@ -56,7 +55,7 @@ def build_backbone(impl: str, arch: str, mode: str):
         import convnext_backbone  # noqa: F401
         from convnext_backbone import ConvNeXt
         return ConvNeXt(arch, with_cp=(mode == 'with_cp'))
-    import timm
+    timm = require('timm', 'the timm reference of tools/benchmark.py')
     model = timm.create_model(f'convnext_{arch}', pretrained=False, features_only=True,
                               out_indices=(0, 1, 2, 3))
     if mode == 'with_cp':

@@ -1,58 +1,40 @@
-"""Convert a ConvNeXt checkpoint of any supported layout to ours (the official layout), or ours to timm.
+"""Convert a ConvNeXt checkpoint of any supported layout to ours (the official layout), or back to another one.
 
-    python tools/convert_checkpoint.py SRC DST                 # any layout -> ours
-    python tools/convert_checkpoint.py SRC DST --to timm       # ours (or any) -> timm convnext_* keys
-    python tools/convert_checkpoint.py SRC DST --to timm --conv-mlp   # timm atto/femto/pico/nano
+    python tools/convert_checkpoint.py SRC DST                      # any layout -> ours
+    python tools/convert_checkpoint.py SRC DST --to timm [--conv-mlp]   # -> timm (--conv-mlp: atto/femto/pico/nano)
+    python tools/convert_checkpoint.py SRC model.safetensors --to hf    # -> transformers ConvNext(V2)Backbone keys
+    python tools/convert_checkpoint.py SRC DST --to torchvision         # -> torchvision convnext_* (no classifier)
 
-SRC: .pth/.pt or .safetensors, a classifier, a backbone or a whole detector/segmentor (its ``backbone.``
-keys are used, or those under --prefix). DST: written as .safetensors when it ends so, else torch.save of
-``{'state_dict': ...}`` (ours) or a plain state dict (timm). Nothing is unpickled beyond tensors.
+SRC: .pth/.pt/.bin or .safetensors in any layout the backbone loads (see README), a classifier, a backbone or a
+whole detector/segmentor (its ``backbone.`` keys are used, or those under --prefix). The architecture is read from
+the shapes; the detected layout, the architecture (depths, channels, V1/V2) and the skipped keys are printed, and
+progress is shown for large files. DST: .safetensors when it ends so, else torch.save (ours as
+``{'state_dict': ...}``, other layouts as a plain state dict). Nothing is unpickled beyond tensors.
 """
 import argparse
 import sys
 
-import torch
-
-from convnext_backbone.checkpoint import (CheckpointError, convert_ours_to_timm, convert_state_dict,
-                                          read_checkpoint, split_backbone, unwrap_state_dict)
+from convnext_backbone.checkpoint import WRITE_TARGETS, CheckpointError, convert_file
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('src')
     parser.add_argument('dst')
-    parser.add_argument('--to', choices=['ours', 'timm'], default='ours')
+    parser.add_argument('--to', choices=WRITE_TARGETS, default='ours', help='target layout (default: ours)')
     parser.add_argument('--prefix', default=None, help="backbone key prefix in SRC (default: 'backbone.' "
                                                        'when present, else none)')
     parser.add_argument('--conv-mlp', action='store_true',
                         help='timm output with 1x1-conv MLP weights (timm atto/femto/pico/nano)')
+    parser.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
+                        help='show progress (default: for files of 100 MiB or more)')
     return parser.parse_args(argv)
-
-
-def convert(src, dst, to='ours', prefix=None, conv_mlp=False):
-    state_dict = unwrap_state_dict(read_checkpoint(src))
-    backbone, outside, has_head = split_backbone(state_dict, prefix)
-    result = convert_state_dict(backbone, is_classifier=has_head or None)
-    skipped = outside + result.skipped
-    out = result.state_dict
-    if to == 'timm':
-        timm_result = convert_ours_to_timm(out, conv_mlp=conv_mlp)
-        out, skipped = timm_result.state_dict, skipped + timm_result.skipped
-    if dst.endswith('.safetensors'):
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in out.items()}, dst)
-    else:
-        torch.save(out if to == 'timm' else {'state_dict': out}, dst)
-    print(f'{src}: {result.format} layout, {len(backbone)} backbone tensors -> {dst} ({to}, {len(out)} tensors)')
-    if skipped:
-        print(f'skipped {len(skipped)}: {", ".join(skipped[:10])}{" ..." if len(skipped) > 10 else ""}')
-    return out, skipped
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        convert(args.src, args.dst, args.to, args.prefix, args.conv_mlp)
+        convert_file(args.src, args.dst, args.to, args.prefix, args.conv_mlp, args.progress)
     except CheckpointError as exc:
         sys.exit(f'error: {exc}')
 

@@ -83,18 +83,26 @@ else
 fi
 "${PIP[@]}" install -q "$WHEEL_DIR"/mmcv-*.whl
 
-say "the rest of the pinned stack and convnext_backbone (editable, with test extras)"
-"${PIP[@]}" install -q -e ".[tests]"
+say "the rest of the pinned stack and convnext_backbone (editable, all extras and the test extras)"
+"${PIP[@]}" install -q -e ".[all,tests]"
 
-say "mmpretrain $(pin mmpretrain) for the tests, without its dependencies (they would move the pins above)"
-"${PIP[@]}" install -q --no-deps "mmpretrain==$(pin mmpretrain)"
+# mmpretrain is the tests' reference for its ConvNeXt, and only theirs: it goes into its own folder, which
+# tests/conftest.py puts on sys.path. Installed into the venv, every process would see it, and mmdet imports it
+# when present (ReID preprocessor), which fails with transformers 5 (mmpretrain's BLIP). --no-deps: its
+# requirements would move the pins above.
+say "mmpretrain $(pin mmpretrain) for the tests, into $VENV/test-extras (seen by the tests only), without its dependencies"
+"${PIP[@]}" install -q --no-deps --upgrade --target "$VENV/test-extras" "mmpretrain==$(pin mmpretrain)"
 
 say "checking the stack imports"
 "$PY" - <<'PY'
 import torch, torchvision, mmcv, mmengine, mmdet, mmseg, timm, numpy
 from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops load)
 import convnext_backbone
-import mmpretrain, onnx, onnxruntime, onnxscript, transformers  # noqa: F401,E401  (test extras)
+import onnx, onnxruntime, onnxscript, transformers  # noqa: F401,E401  (test extras)
+from mmdet.models import MaskRCNN  # noqa: F401  (mmdet's models import without mmpretrain in sight)
+import os, sys  # noqa: E401
+sys.path.insert(0, os.path.join(sys.prefix, 'test-extras'))
+import mmpretrain.utils.dependency  # noqa: E402
 print(f"[install] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, mmcv {mmcv.__version__}, "
       f"mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, "
       f"timm {timm.__version__}, numpy {numpy.__version__}")

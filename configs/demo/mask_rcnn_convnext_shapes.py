@@ -1,5 +1,5 @@
 # The demo: the Mask R-CNN recipe in miniature for a 2-core CPU. A small ConvNeXt (pretrained by
-# tools/pretrain_shapes.py on synthetic shape classification, loaded through init_cfg in the official
+# convnext_backbone/demo/pretrain.py on synthetic shape classification, loaded through init_cfg in the official
 # checkpoint format) fine-tuned with layer-wise lr decay on a synthetic COCO-format set of shapes
 # (tools/make_demo_data.py). `make demo` runs it all: tools/demo.py.
 _base_ = '../detection/mask_rcnn_convnext_t_3x.py'
@@ -9,10 +9,10 @@ data_root = 'data/shapes_coco/'
 image_size = 160
 model = dict(
     backbone=dict(arch=dict(_delete_=True, depths=[2, 2, 4, 2], channels=_channels), drop_path_rate=0.1,
-                  init_cfg=dict(type='Pretrained', checkpoint='work_dirs/demo/pretrained_convnext.pth')),
+                  init_cfg=dict(checkpoint='work_dirs/demo/pretrained_convnext.pth')),
     neck=dict(in_channels=_channels, out_channels=_width),
     rpn_head=dict(in_channels=_width, feat_channels=_width,
-                  anchor_generator=dict(scales=[4], ratios=[0.5, 1.0, 2.0], strides=[4, 8, 16, 32, 64])),
+                  anchor_generator=dict(scales=[4])),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=_width),
         bbox_head=dict(in_channels=_width, fc_out_channels=256, num_classes=3),

@@ -1,5 +1,5 @@
 # The segmentation demo: the UperNet recipe in miniature for a 2-core CPU. The same small ConvNeXt as the
-# detection demo (pretrained by tools/pretrain_shapes.py on synthetic shape classification, loaded through
+# detection demo (pretrained by convnext_backbone/demo/pretrain.py on synthetic shape classification, loaded through
 # init_cfg in the official checkpoint format), fine-tuned with stage-wise lr decay on a synthetic
 # ADE20K-format set of patterned shapes (tools/make_demo_data.py: label 0 = background, ignored via
 # reduce_zero_label).
@@ -11,7 +11,7 @@ max_iters = 3000
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(arch=dict(_delete_=True, depths=[2, 2, 4, 2], channels=_channels), drop_path_rate=0.1,
-                  init_cfg=dict(type='Pretrained', checkpoint='work_dirs/demo/pretrained_convnext.pth')),
+                  init_cfg=dict(checkpoint='work_dirs/demo/pretrained_convnext.pth')),
     decode_head=dict(in_channels=_channels, channels=64, num_classes=3),  # 512 channels in the paper's models
     auxiliary_head=dict(in_channels=_channels[2], channels=32, num_classes=3),
     test_cfg=dict(mode='whole'))  # the images are the crop size: one window
@@ -43,14 +43,12 @@ val_dataloader = dict(
     dataset=dict(_delete_=True, **_dataset, pipeline=test_pipeline,
                  data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation')))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
-test_evaluator = val_evaluator
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 # stage-wise decay 0.9 over 6 layers as the T recipe; a higher lr than its 1e-4 for a 3000-iteration run
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=100),
     dict(type='PolyLR', power=1.0, eta_min=0.0, by_epoch=False, begin=100, end=max_iters),
 ]
-default_hooks = dict(logger=dict(interval=50), checkpoint=dict(by_epoch=False, interval=max_iters))
+default_hooks = dict(checkpoint=dict(interval=max_iters))
 work_dir = 'work_dirs/demo_seg'

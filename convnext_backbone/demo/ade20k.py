@@ -1,6 +1,6 @@
 """Write a small synthetic segmentation set in ADE20K's layout, for smoke tests and demos without downloads.
 
-    python tools/synthetic_ade20k.py data/synthetic_ade --train 64 --val 16 [--size 128 128] [--seed 0]
+    python tools/make_demo_data.py ade20k data/synthetic_ade --train 64 --val 16 [--size 128 128] [--seed 0]
 
 Layout (what mmseg's ADE20KDataset reads, ``data_root=ROOT``)::
 
@@ -9,7 +9,7 @@ Layout (what mmseg's ADE20KDataset reads, ``data_root=ROOT``)::
 
 Labels are uint8 PNGs: 0 is background, which ADE20K's ``reduce_zero_label`` turns into the ignore index, and
 classes 1..3 are (rotated) rectangles, ellipses and triangles (0..2 after the reduction). The scenes are those
-of the COCO-format set (tools/synthetic_coco.py: whole shapes of random size, position and orientation, each
+of the COCO-format set (coco.py: whole shapes of random size, position and orientation, each
 at least 60% visible, on a noisy background), but every shape is painted with its class's pattern (stripes,
 checks, dots) in two random colours at a random angle and scale: the class is decided by the shape and the
 pattern, never by a colour. Why the pattern: a pixel inside a plain-coloured shape can only be labelled by
@@ -19,24 +19,21 @@ shapes); real semantic classes carry local evidence (texture) as the patterns do
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import synthetic_coco  # noqa: E402
+from . import coco
 
-CLASSES = synthetic_coco.CLASSES  # label values 1, 2, 3
+CLASSES = coco.CLASSES  # label values 1, 2, 3
 PATTERN_CELL = (8.0, 14.0)  # pixels: the width of a stripe or a check, the pitch of the dots
 
 
 def pattern_fill(kind: int, size, rng) -> np.ndarray:
     """A shape's surface: its class's pattern (0 stripes, 1 checks, 2 dots) in two random colours, at a random
     angle and cell size, with pixel noise. Only the pattern tells the classes apart, never a colour."""
-    height, width = synthetic_coco._hw(size)
+    height, width = coco._hw(size)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     angle, cell = rng.uniform(0, np.pi), rng.uniform(*PATTERN_CELL)
     u, v = x * np.cos(angle) + y * np.sin(angle), y * np.cos(angle) - x * np.sin(angle)
@@ -54,9 +51,9 @@ def pattern_fill(kind: int, size, rng) -> np.ndarray:
 
 def make_sample(rng: np.random.Generator, size=(128, 128), max_objects: int = 5) -> tuple[np.ndarray, np.ndarray]:
     """One (H, W, 3) uint8 BGR image and its (H, W) uint8 label map: the scenes of the COCO-format set
-    (tools/synthetic_coco.py: whole shapes, each at least 60% visible) painted with their class's pattern,
+    (coco.py: whole shapes, each at least 60% visible) painted with their class's pattern,
     labelled per pixel."""
-    image, objects = synthetic_coco.make_scene(tuple(size), rng, max_objects, fill=pattern_fill)
+    image, objects = coco.make_scene(tuple(size), rng, max_objects, fill=pattern_fill)
     label = np.zeros(image.shape[:2], np.uint8)
     for kind, visible, _ in objects:
         label[visible > 0] = kind + 1
@@ -78,20 +75,3 @@ def make_ade20k(root, num_train: int, num_val: int, size=(128, 128), seed: int =
                     and cv2.imwrite(os.path.join(label_dir, name + '.png'), label)):
                 raise OSError(f'could not write {name} under {root}')
     return dict(training=num_train, validation=num_val)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('root', help='output folder (the data_root of an ADE20K config)')
-    parser.add_argument('--train', type=int, default=64, help='number of training images')
-    parser.add_argument('--val', type=int, default=16, help='number of validation images')
-    parser.add_argument('--size', type=int, nargs=2, default=(128, 128), metavar=('H', 'W'))
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
-    counts = make_ade20k(args.root, args.train, args.val, tuple(args.size), args.seed)
-    print(f'{args.root}: {counts["training"]} training and {counts["validation"]} validation images, '
-          f'classes {", ".join(f"{i + 1}={name}" for i, name in enumerate(CLASSES))} (0 = background)')
-
-
-if __name__ == '__main__':
-    main()

@@ -9,14 +9,12 @@ The result is saved in the official classification checkpoint format (``{'model'
 ``norm`` and ``head``), so the demos load it through ``init_cfg=dict(type='Pretrained')`` like the released
 ImageNet weights.
 
-    python tools/pretrain_shapes.py work_dirs/demo/pretrained_convnext.pth --steps 800
+    python tools/make_demo_data.py pretrain work_dirs/demo/pretrained_convnext.pth --steps 800
 """
 from __future__ import annotations
 
-import argparse
 import os
 import os.path as osp
-import sys
 import time
 
 import cv2
@@ -25,10 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-import synthetic_coco  # noqa: E402
-
-from convnext_backbone import ConvNeXt  # noqa: E402
+from ..convnext import ConvNeXt
+from . import coco
 
 DEMO_ARCH = dict(depths=[2, 2, 4, 2], channels=[32, 64, 128, 256])  # the demos' backbone (about 4.7M params)
 SCENE_SIZE = 160
@@ -38,7 +34,7 @@ DEFAULT_STEPS = 1000
 def object_crop(rng: np.random.Generator, size: int = 64) -> tuple[np.ndarray, int]:
     """One (size, size, 3) uint8 crop centred on a single shape (with a random margin) and its class."""
     while True:
-        scene, objects = synthetic_coco.make_image(SCENE_SIZE, rng, max_objects=1)
+        scene, objects = coco.make_image(SCENE_SIZE, rng, max_objects=1)
         if objects:
             break
     kind, mask = objects[0]
@@ -75,7 +71,7 @@ def pretrain(out_path: str, arch=None, steps: int = DEFAULT_STEPS, batch: int = 
     backbone = ConvNeXt(arch, out_indices=(-1,), gap_before_final_norm=True, drop_path_rate=0.0,
                         layer_scale_init_value=1.0)  # a short schedule: blocks must contribute from step 1
     backbone.init_weights()
-    head = nn.Linear(backbone.channels[-1], len(synthetic_coco.CLASSES))
+    head = nn.Linear(backbone.channels[-1], len(coco.CLASSES))
     params = list(backbone.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -103,18 +99,3 @@ def pretrain(out_path: str, arch=None, steps: int = DEFAULT_STEPS, batch: int = 
     os.makedirs(osp.dirname(osp.abspath(out_path)), exist_ok=True)
     torch.save({'model': official_state_dict(backbone, head)}, out_path)
     return dict(accuracy=accuracy, seconds=time.time() - start, path=out_path, backbone=backbone, head=head)
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('out', help='where to write the checkpoint (.pth)')
-    parser.add_argument('--steps', type=int, default=DEFAULT_STEPS)
-    parser.add_argument('--batch', type=int, default=32)
-    parser.add_argument('--lr', type=float, default=2e-3)
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
-    return pretrain(args.out, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)
-
-
-if __name__ == '__main__':
-    main()

@@ -6,11 +6,10 @@ wholly inside the image and keeps at least MIN_VISIBLE of its area visible, so t
 be told apart by its shape (a sliver of an ellipse could be anything). Writes ``root/{train,val}/*.jpg`` and
 ``root/annotations/instances_{train,val}.json`` with polygon masks.
 
-    python tools/synthetic_coco.py data/shapes_coco --train 200 --val 50 --size 256
+    python tools/make_demo_data.py coco data/shapes_coco --train 200 --val 50 --size 256
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
@@ -127,19 +126,3 @@ def dataset_cfg_options(root: str, size: int) -> dict:
     for evaluator in ('val_evaluator', 'test_evaluator'):
         options[f'{evaluator}.ann_file'] = os.path.join(root, 'annotations', 'instances_val.json')
     return options
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('root')
-    parser.add_argument('--train', type=int, default=200)
-    parser.add_argument('--val', type=int, default=50)
-    parser.add_argument('--size', type=int, default=256)
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
-    for split, path in make_coco(args.root, args.train, args.val, args.size, args.seed).items():
-        print(f'{split}: {path}')
-
-
-if __name__ == '__main__':
-    main()

@@ -12,14 +12,31 @@ from mmengine.logging import print_log
 import convnext_backbone  # noqa: F401  (registers our modules; allow-lists mmengine checkpoints for resume)
 
 
+# The optional OpenMMLab codebases and the extra of ours that installs each.
+EXTRAS = {'mmdet': 'det', 'mmseg': 'seg', 'timm': 'timm'}
+
+
+def require(module: str, purpose: str):
+    """Import an optional dependency, or fail naming it and the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra = EXTRAS.get(module)
+        fix = f"pip install 'convnext_backbone[{extra}]'" if extra else f'pip install {module}'
+        raise ModuleNotFoundError(f'{purpose} needs {module}, which is not installed here: {fix}.') from exc
+
+
 def load_config(path: str, cfg_options: dict | None = None, import_custom_modules: bool = True) -> Config:
     """Read a config; ``mmdet::path`` / ``mmseg::path`` name configs shipped inside those packages.
     ``import_custom_modules=False`` reads one whose ``custom_imports`` are not installed (e.g. mmpretrain)."""
     if '::' in path:
         package, rel = path.split('::', 1)
         package = {'mmsegmentation': 'mmseg'}.get(package, package)
-        path = os.path.join(os.path.dirname(importlib.import_module(package).__file__), '.mim', 'configs', rel)
+        path = os.path.join(os.path.dirname(require(package, f'config {path}').__file__), '.mim', 'configs', rel)
     cfg = Config.fromfile(path, import_custom_modules=import_custom_modules)
+    scope = cfg.get('default_scope')
+    if scope:  # the codebase whose registries the config's types live in
+        require(scope, f'config {path} (default_scope={scope!r})')
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
