@@ -22,6 +22,7 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_CONSTRUCTORS
 from mmengine.registry import Registry
 
 from .convnext import ConvNeXt
+from .crash_safe import CrashSafeHook
 from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor
 from .rng_state import RNGStateHook
 
@@ -36,3 +37,4 @@ for registry in (ROOT_CONSTRUCTORS, OPTIM_WRAPPER_CONSTRUCTORS):
     registry.register_module(module=ConvNeXtLayerDecayOptimizerConstructor)
 for registry in (ROOT_HOOKS, HOOKS):
     registry.register_module(module=RNGStateHook)
+    registry.register_module(module=CrashSafeHook)
