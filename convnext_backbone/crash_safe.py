@@ -54,6 +54,7 @@ TEST_KILL_ENV = 'CONVNEXT_BACKBONE_TEST_KILL_AT'
 ATOMIC_BACKEND = 'crash_safe_local'
 POINTER = 'last_checkpoint'
 PREEMPTED_TMPL = 'preempted_iter_{}.pth'
+EXPIRED_INFO = 'crash_safe_expired_ckpts'  # message-hub key: checkpoints the latest one supersedes
 _TMP_RE = re.compile(r'^\..+\.tmp-\d+$')
 
 
@@ -163,6 +164,9 @@ def _durable_save_with_step(self: CheckpointHook, runner, step, meta) -> None:
     filename = self.filename_tmpl.format(step)
     self.last_ckpt = osp.join(self.out_dir, filename)
     runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+    # the new checkpoint records what it supersedes: a run resumed from it removes what a crash left behind
+    expired += _preempted_checkpoints(self.out_dir, up_to_iter=meta['iter'])
+    runner.message_hub.update_info(EXPIRED_INFO, expired)
     runner.save_checkpoint(self.out_dir, filename, save_optimizer=self.save_optimizer,
                            save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
                            backend_args=self.backend_args, **self.args)
@@ -171,8 +175,9 @@ def _durable_save_with_step(self: CheckpointHook, runner, step, meta) -> None:
     _test_kill_point('before_pointer')
     atomic_write(osp.join(runner.work_dir, POINTER), self.last_ckpt.encode())
     _test_kill_point('before_remove')
-    for path in expired + _preempted_checkpoints(self.out_dir, up_to_iter=meta['iter']):
+    for path in expired:
         _remove(path)
+    runner.message_hub.update_info(EXPIRED_INFO, [])
 
 
 def _preempted_checkpoints(directory: str, up_to_iter: int) -> list[str]:
@@ -395,6 +400,10 @@ class CrashSafeHook(Hook):
             for directory in dirs:
                 for path in remove_stale_temporaries(directory):
                     runner.logger.info(f'Removed {path}, a partial checkpoint that a killed run left.')
+            for path in runner.message_hub.get_info(EXPIRED_INFO, []):  # superseded before a crash, left on disk
+                if osp.exists(path):
+                    _remove(path)
+                    runner.logger.info(f'Removed {path}, superseded by the checkpoint this run resumed from.')
         self._cleaned = True
         skip, self._resume_inner_iter = self._resume_inner_iter, 0
         self._epoch_start_iter = runner.iter - skip
