@@ -22,7 +22,7 @@ from convnext_backbone.crash_safe import (PREEMPTED_EXIT_STATUS, TEST_KILL_ENV, 
 
 TRAIN = os.path.join(ROOT, 'tools', 'train.py')
 EPOCHS, ITERS_PER_EPOCH = 3, 4  # 8 images, batch 2
-ENV = dict(os.environ, OMP_NUM_THREADS='1',
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable,
            PYTHONPATH=os.pathsep.join([ROOT, os.path.dirname(__file__), os.environ.get('PYTHONPATH', '')]))
 LOG_LINE = re.compile(r'Epoch\(train\)\s+\[\d+\]\[\s*\d+/\d+\]')
 
