@@ -66,6 +66,10 @@ class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or Inf."""
 
 
+def _is_local(path) -> bool:
+    return '://' not in str(path)
+
+
 # --- durable writes ------------------------------------------------------------------------------------------
 
 _kill_counts: dict = {}
@@ -166,7 +170,7 @@ def _durable_save_with_step(self: CheckpointHook, runner, step, meta) -> None:
     runner.message_hub.update_info('last_ckpt', self.last_ckpt)
     # the new checkpoint records what it supersedes: a run resumed from it removes what a crash left behind
     expired += _preempted_checkpoints(self.out_dir, up_to_iter=meta['iter'])
-    runner.message_hub.update_info(EXPIRED_INFO, expired)
+    runner.message_hub.update_info(EXPIRED_INFO, [osp.basename(p) for p in expired])
     runner.save_checkpoint(self.out_dir, filename, save_optimizer=self.save_optimizer,
                            save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
                            backend_args=self.backend_args, **self.args)
@@ -234,15 +238,12 @@ def check_checkpoint(path: str, verify_data: bool = True) -> dict:
         checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
     except Exception as e:  # noqa: BLE001  (any unpickling failure makes the file unusable; say which)
         raise CheckpointProblem(f'cannot be loaded by torch.load: {type(e).__name__}: {str(e)[:300]}') from None
-    missing = [k for k in ('state_dict', 'meta', 'optimizer') if not isinstance(checkpoint, dict) or k not in checkpoint]
+    missing = [k for k in ('state_dict', 'meta', 'optimizer')
+               if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:
         raise CheckpointProblem(f'holds no {", ".join(missing)}: not a training checkpoint (weights only, a best '
                                 'checkpoint or a pretrained model)')
     return checkpoint['meta']
-
-
-def _is_local(path: str) -> bool:
-    return '://' not in str(path)
 
 
 def find_resume_checkpoint(work_dir: str) -> tuple[str | None, str | None]:
@@ -396,14 +397,15 @@ class CrashSafeHook(Hook):
 
     def before_train_epoch(self, runner) -> None:
         if not self._cleaned and is_main_process():  # the checkpoint hooks know their directories by now
-            dirs = {runner.work_dir} | {h.out_dir for h in runner.hooks if getattr(h, '_crash_safe', False)}
-            for directory in dirs:
+            out_dirs = {h.out_dir for h in runner.hooks if getattr(h, '_crash_safe', False)}
+            for directory in out_dirs | {runner.work_dir}:
                 for path in remove_stale_temporaries(directory):
                     runner.logger.info(f'Removed {path}, a partial checkpoint that a killed run left.')
-            for path in runner.message_hub.get_info(EXPIRED_INFO, []):  # superseded before a crash, left on disk
-                if osp.exists(path):
-                    _remove(path)
-                    runner.logger.info(f'Removed {path}, superseded by the checkpoint this run resumed from.')
+            for directory in out_dirs:  # checkpoints superseded before a crash that were left on disk
+                for path in [osp.join(directory, name) for name in runner.message_hub.get_info(EXPIRED_INFO, [])]:
+                    if osp.exists(path):
+                        _remove(path)
+                        runner.logger.info(f'Removed {path}, superseded by the checkpoint this run resumed from.')
         self._cleaned = True
         skip, self._resume_inner_iter = self._resume_inner_iter, 0
         self._epoch_start_iter = runner.iter - skip
@@ -414,7 +416,8 @@ class CrashSafeHook(Hook):
                                   '(batch_size=None); resume from an end-of-epoch checkpoint instead.')
             self._skipping = (loader, loader.batch_sampler)
             # DataLoader forbids reassigning batch_sampler once built; it is swapped for this epoch only
-            object.__setattr__(loader, 'batch_sampler', _SkipBatches(loader.batch_sampler, skip, torch.get_rng_state()))
+            skipping = _SkipBatches(loader.batch_sampler, skip, torch.get_rng_state())
+            object.__setattr__(loader, 'batch_sampler', skipping)
             runner.logger.info(f'Resuming epoch {runner.epoch + 1} after its first {skip} batches.')
 
     def after_train_epoch(self, runner) -> None:
@@ -453,7 +456,10 @@ class CrashSafeHook(Hook):
             meta['inner_iter'] = iteration - self._epoch_start_iter
         hooks = [h for h in runner.hooks if isinstance(h, CheckpointHook)]
         out_dir = (hooks[0].out_dir if hooks and hooks[0].out_dir else runner.work_dir)
-        backend_args = hooks[0].backend_args if hooks else (dict(backend=ATOMIC_BACKEND) if _is_local(out_dir) else None)
+        if hooks:
+            backend_args = hooks[0].backend_args
+        else:
+            backend_args = dict(backend=ATOMIC_BACKEND) if _is_local(out_dir) else None
         filename = PREEMPTED_TMPL.format(iteration)
         path = get_file_backend(out_dir, backend_args=backend_args).join_path(out_dir, filename)
         runner.save_checkpoint(out_dir, filename, meta=meta, backend_args=backend_args)
@@ -474,7 +480,9 @@ class CrashSafeHook(Hook):
 def _non_finite_losses(outputs) -> dict:
     """The loss entries of a train step's outputs that are NaN or Inf."""
     bad = {}
-    for key, value in (outputs or {}).items():
+    if not isinstance(outputs, dict):
+        return bad
+    for key, value in outputs.items():
         if 'loss' not in key:
             continue
         value = torch.as_tensor(value.detach() if torch.is_tensor(value) else value)

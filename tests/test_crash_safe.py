@@ -297,7 +297,8 @@ def test_slurm_train_requeues_a_preempted_job_and_resumes_a_requeued_one(tmp_pat
                           '--amp'], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == status, out.stderr
     srun_args = (tmp_path / 'srun.calls').read_text().strip()
-    assert srun_args.endswith('train.py cfg.py --work-dir=wd --launcher slurm --amp' + (' --resume' if restarts else ''))
+    expected = 'train.py cfg.py --work-dir=wd --launcher slurm --amp' + (' --resume' if restarts else '')
+    assert srun_args.endswith(expected), srun_args
     requeued = (tmp_path / 'scontrol.calls').read_text().split() if (tmp_path / 'scontrol.calls').exists() else []
     assert requeued == (['requeue', job_id] if status == PREEMPTED_EXIT_STATUS and job_id else [])
     if status == PREEMPTED_EXIT_STATUS and not job_id:
