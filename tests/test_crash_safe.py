@@ -17,13 +17,14 @@ import torch
 
 from test_detection import ROOT, _tiny_config, coco  # noqa: F401  (coco: the synthetic data fixture)
 
-from convnext_backbone.crash_safe import (PREEMPTED_EXIT_STATUS, TEST_KILL_ENV, CheckpointProblem,  # noqa: E402
+from convnext_backbone.crash_safe import (PREEMPTED_EXIT_STATUS, TEST_KILL_ENV, CheckpointProblem,
                                           ResumeError, check_checkpoint, find_resume_checkpoint)
+from convnext_backbone.tools import train as train_tool
 
 TRAIN = os.path.join(ROOT, 'tools', 'train.py')
 EPOCHS, ITERS_PER_EPOCH = 3, 4  # 8 images, batch 2
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable,
-           PYTHONPATH=os.pathsep.join([ROOT, os.path.dirname(__file__), os.environ.get('PYTHONPATH', '')]))
+           PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
 LOG_LINE = re.compile(r'Epoch\(train\)\s+\[\d+\]\[\s*\d+/\d+\]')
 
 
@@ -241,8 +242,6 @@ def test_auto_resume_falls_back_from_a_torn_latest_checkpoint(tmp_path, how):
 
 
 def test_train_resume_falls_back_and_explicit_resume_errors_clearly(config, reference, tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import train as train_tool
     work_dir = str(tmp_path)
     torch.save(reference, os.path.join(work_dir, f'epoch_{EPOCHS}.pth'))  # the finished run's last checkpoint
     torn = os.path.join(work_dir, f'epoch_{EPOCHS + 1}.pth')
@@ -264,8 +263,6 @@ def test_train_resume_falls_back_and_explicit_resume_errors_clearly(config, refe
 # --- NaN loss ------------------------------------------------------------------------------------------------
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(config, tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import train as train_tool
     import crash_safe_poison  # noqa: F401  (registers PoisonMaskHeadHook)
     from convnext_backbone.crash_safe import NonFiniteLossError
     poisoned = tmp_path / 'poisoned.py'
