@@ -6,6 +6,7 @@ from mmseg.registry import HOOKS as MMSEG_HOOKS
 from mmseg.registry import MODELS as MMSEG_MODELS
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS as MMSEG_CONSTRUCTORS
 
+from .compile_hook import CompileBackboneHook
 from .convnext import ConvNeXt
 from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor
 from .rng_state import RNGStateHook
@@ -16,3 +17,4 @@ for registry in (MMDET_CONSTRUCTORS, MMSEG_CONSTRUCTORS):
     registry.register_module(module=ConvNeXtLayerDecayOptimizerConstructor)
 for registry in (MMDET_HOOKS, MMSEG_HOOKS):
     registry.register_module(module=RNGStateHook)
+    registry.register_module(module=CompileBackboneHook)
