@@ -9,8 +9,9 @@ own fresh process so that peak memory is per configuration):
 
 Modes: eager (default), channels_last (input handed over in channels-last memory format), compile
 (torch.compile), compile_freezing (torch.compile with inductor's freezing=True; inference), with_cp (activation
-checkpointing; timm's grad_checkpointing). Time: ours and timm are built in one process and their steps interleaved, so a drifting machine speed hits both alike; img/s from the
-median of --repeat steps after --warmup, and the min too. Memory: each configuration in a fresh process;
+checkpointing; timm's grad_checkpointing). Time: ours and timm are built in one process and their steps
+interleaved, so a drifting machine speed hits both alike; img/s from the median of --repeat steps after --warmup,
+and the min too. Memory: each configuration in a fresh process;
 CUDA max allocated, or on CPU the peak RSS and its rise over the RSS before the first step (activations,
 gradients, workspace). Ratios: ours/timm speed (>1: ours faster) and memory (<1: ours smaller).
 
