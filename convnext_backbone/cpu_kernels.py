@@ -189,8 +189,8 @@ def mlp_backward(grad: Tensor, x: Tensor, weight1: Tensor, hidden: Tensor, weigh
         grad_hidden = grad.matmul(weight2)
         torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
         grad_x, grad_w1, grad_b1 = _linear_grads(grad_hidden, x, weight1, needs[:3])
-    empty = grad.new_empty(0)
-    return tuple(empty if g is None else g for g in (grad_x, grad_w1, grad_b1, grad_w2, grad_b2))
+    # a fresh empty tensor per missing gradient: a custom op's outputs must not alias each other
+    return tuple(grad.new_empty(0) if g is None else g for g in (grad_x, grad_w1, grad_b1, grad_w2, grad_b2))
 
 
 @mlp_backward.register_fake

@@ -208,3 +208,26 @@ def test_compile_configs_train_and_infer_like_eager(name):
     else:
         for a in preds_c:
             assert torch.isfinite(a.pred_instances.bboxes).all() and torch.isfinite(a.pred_instances.scores).all()
+
+
+def test_custom_ops_pass_opcheck():
+    """Schemas, fake implementations (shapes and strides dynamo traces with) and autograd registrations agree
+    with the real kernels (torch.library.opcheck)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 8, requires_grad=True)
+    w1, b1 = torch.randn(32, 8, requires_grad=True), torch.randn(32, requires_grad=True)
+    w2, b2 = torch.randn(8, 32, requires_grad=True), torch.randn(8, requires_grad=True)
+    other = torch.randn(2, 5, 3, 8, requires_grad=True)
+    ops = torch.ops.convnext
+    cases = [(ops.linear, (x, w1, b1)), (ops.linear, (x.detach(), w1.detach(), b1.detach(), None, True)),
+             (ops.linear, (other, w2.t().contiguous(), b1, torch.randn(2, 5, 3, 32))),
+             (ops.mlp, (x, w1, b1, w2, b2, other, True)), (ops.mlp, (x, w1, b1, w2, b2, None, False)),
+             (ops.mlp_backward, (other.detach(), x.detach(), w1.detach(), torch.randn(2, 5, 3, 32), w2.detach(),
+                                 torch.empty(0), [True, False, True, True, False])),
+             (ops.dwconv, (torch.randn(2, 3, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(),
+                           torch.randn(3, 1, 7, 7, requires_grad=True), torch.randn(3, requires_grad=True))),
+             (ops.dwconv_weight_grad, (torch.randn(2, 3, 6, 5), torch.randn(2, 3, 6, 5), 7))]
+    for op, args in cases:
+        torch.library.opcheck(op.default, args)
+    with pytest.raises(RuntimeError, match='inference-only'):  # linear + GELU keeps no pre-activation
+        ops.linear(x, w1, b1, None, True).sum().backward()
