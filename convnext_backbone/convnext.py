@@ -7,10 +7,10 @@ official fine-tuned detectors/segmentors) is converted on the fly by :mod:`convn
 whichever way the weights arrive (``init_cfg=dict(type='Pretrained')`` or a whole-model ``load_from``).
 
 Speed: the network runs in channels-last memory format internally, so the permutes around the MLP are
-free views and every LayerNorm is ``F.layer_norm`` over a contiguous last dimension. In eager float32 CPU
-work the blocks run through fused kernels (:mod:`convnext_backbone.cpu_kernels`, one entry point); tracers,
-exporters and compilers always see the plain block below. Numerics match the official formulation to float
-rounding (tested against it and against timm).
+free views and every LayerNorm is ``F.layer_norm`` over a contiguous last dimension. In float32 CPU work,
+eager or under ``torch.compile``, the blocks run through fused kernels (custom ops,
+:mod:`convnext_backbone.cpu_kernels`, one entry point); tracers and exporters always see the plain block below.
+Numerics match the official formulation to float rounding (tested against it and against timm).
 """
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ class Block(nn.Module):
         self.low_memory = False  # set under activation checkpointing: recompute rather than keep the GELU output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if cpu_kernels.applies(x):  # eager float32 CPU: the same block through fused kernels
+        if cpu_kernels.applies(x):  # float32 CPU, eager or torch.compile: the same block through fused kernels
             return cpu_kernels.block_forward(self, x)
         shortcut = x
         x = self.dwconv(x).permute(0, 2, 3, 1)  # NCHW -> NHWC: channels last for LayerNorm and the linears
