@@ -36,6 +36,8 @@ setup(
         'seg': ['mmcv>=2.0,<2.2', 'mmsegmentation>=1.2,<1.3', 'ftfy', 'regex'],
         # timm: tools/benchmark.py's reference
         'timm': ['timm>=0.9'],
+        # onnx + onnxruntime: tools/export.py (export to ONNX, check in ONNX Runtime)
+        'deploy': ['onnx', 'onnxruntime'],
         'all': ['mmcv>=2.0,<2.2', 'mmdet>=3.3,<3.4', 'mmsegmentation>=1.2,<1.3', 'ftfy', 'regex', 'timm>=0.9'],
         # reference implementations and exporters the tests use (never imported by the package); mmpretrain
         # itself is installed with --no-deps by tools/install.sh, its import-time needs are listed here

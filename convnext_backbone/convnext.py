@@ -10,10 +10,10 @@ Arguments: a superset of mmpretrain 1.2's ``ConvNeXt`` (same names, meanings and
 outside mmpretrain's scope, see :class:`ConvNeXt`), plus the official names and timm's ablation knobs.
 
 Speed: the network runs in channels-last memory format internally, so the permutes around the MLP are
-free views and every LayerNorm is ``F.layer_norm`` over a contiguous last dimension. In eager float32 CPU
-work the blocks run through fused kernels (:mod:`convnext_backbone.cpu_kernels`, one entry point); tracers,
-exporters and compilers always see the plain block below. Numerics match the official formulation to float
-rounding (tested against it and against timm).
+free views and every LayerNorm is ``F.layer_norm`` over a contiguous last dimension. In float32 CPU work,
+eager or under ``torch.compile``, the blocks run through fused kernels (custom ops,
+:mod:`convnext_backbone.cpu_kernels`, one entry point); tracers and exporters always see the plain block below.
+Numerics match the official formulation to float rounding (tested against it and against timm).
 """
 from __future__ import annotations
 
@@ -294,7 +294,8 @@ class Block(nn.Module):
         self.fast_path_ok = (linear_pw_conv and type(self.act) is nn.GELU and self.act.approximate == 'none')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast_path_ok and cpu_kernels.applies(x):  # eager float32 CPU: the same block, fused kernels
+        # float32 CPU, eager or torch.compile: the same block through fused kernels (where they implement it)
+        if self.fast_path_ok and cpu_kernels.applies(x):
             return cpu_kernels.block_forward(self, x)
         shortcut = x
         x = self.dwconv(x)

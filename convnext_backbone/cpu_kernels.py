@@ -5,14 +5,26 @@
     if cpu_kernels.applies(x):
         return cpu_kernels.block_forward(self, x)
 
-:func:`applies` is true only for eager float32 CPU work on an ordinary channels-last tensor. The kernels step
-aside (the block runs its plain torch ops, same numerics to float rounding) whenever
+The kernels are ``torch.library`` custom ops (namespace ``convnext``), each with a fake (meta) implementation
+and an autograd formula whose backward kernels are custom ops too:
 
-- the model is traced, scripted or exported: ``torch.jit`` tracing/scripting, the TorchScript ONNX exporter,
-  dynamo (``torch.compile``, ``torch.export``, the dynamo ONNX exporter), FX symbolic tracing, or any
-  ``__torch_dispatch__`` mode or tensor subclass (fake tensors, functionalisation, FLOP counters): these only
-  understand portable aten ops;
-- CPU autocast is on (the plain ops autocast; our float32 nodes would mix dtypes);
+- ``convnext::linear``: oneDNN's ``x W^T + b``, fused with GELU (inference) or with the residual add;
+- ``convnext::mlp`` / ``convnext::mlp_backward``: the whole MLP ``GELU(x W1^T + b1) W2^T + b2 [+ residual]``
+  as one autograd node, the GELU gradient written in place in backward;
+- ``convnext::dwconv`` / ``convnext::dwconv_weight_grad``: the depthwise conv with a faster weight gradient.
+
+Eager calls them directly; ``torch.compile`` (dynamo + inductor) traces them as opaque calls without graph
+breaks and fuses what lies between (LayerNorm, permutes, layer scale, residual adds) into its own kernels.
+
+:func:`applies` is true only for float32 CPU work on an ordinary channels-last tensor, eager or under
+``torch.compile``. The kernels step aside (the block runs its plain torch ops, same numerics to float rounding)
+whenever
+
+- the model is traced, scripted or exported for deployment: ``torch.jit`` tracing/scripting, the TorchScript
+  ONNX exporter, ``torch.export`` and the dynamo ONNX exporter (``torch.compiler.is_exporting()``), FX symbolic
+  tracing, or any ``__torch_dispatch__`` mode or tensor subclass outside ``torch.compile`` (fake tensors,
+  functionalisation, FLOP counters): deployment graphs and these tools need portable aten ops;
+- CPU autocast is on (the plain ops autocast; our float32 kernels would mix dtypes);
 - the calling thread asked for plain ops with :func:`plain_ops` (thread-local: other threads keep theirs).
 
 What the kernels do (ConvNeXt-T, 2-core CPU, measured in the README): the pointwise linears run through
@@ -25,10 +37,11 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
 __all__ = ['applies', 'block_forward', 'plain_ops']
 
@@ -61,30 +74,34 @@ def _fx_tracing() -> bool:
 
 
 def tracing() -> bool:
-    """Whether a tracer, scripter, exporter or compiler is looking at the ops being run."""
+    """Whether a tracer, scripter or exporter is looking at the ops being run. ``torch.compile`` is not one:
+    dynamo records the kernels as custom-op calls and inductor calls them."""
+    if torch.compiler.is_exporting():
+        return True
+    if torch.compiler.is_compiling():
+        return False
     return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
-                or torch.compiler.is_compiling() or torch.compiler.is_exporting() or _fx_tracing()
-                or torch._C._len_torch_dispatch_stack() > 0)
+                or _fx_tracing() or torch._C._len_torch_dispatch_stack() > 0)
 
 
 def applies(x: torch.Tensor) -> bool:
     """True where :func:`block_forward` may run: an ordinary float32 CPU tensor in channels-last memory, eager
-    (nothing tracing, see :func:`tracing`), no CPU autocast, and plain ops not requested by this thread."""
+    or under ``torch.compile`` (no exporter or tracer, see :func:`tracing`), no CPU autocast, and plain ops not
+    requested by this thread."""
     return (ONEDNN and type(x) is torch.Tensor and x.device.type == 'cpu' and x.dtype == torch.float32
             and x.is_contiguous(memory_format=torch.channels_last)
             and not getattr(_local, 'plain', False) and not torch.is_autocast_enabled('cpu')
             and not tracing())
 
 
-def _onednn_linear_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise')
-
+# --- the kernels -----------------------------------------------------------------------------------------
 
 def _onednn_linear(x, weight, bias, post_op='none', other=None):
     """oneDNN's fused CPU linear: ``post_op(x W^T + b)`` or ``x W^T + b + other``. Unlike ``addmm`` it does not
     first copy the broadcast bias into the output, and it fuses the activation / residual add."""
+    x = x.contiguous()
     if other is not None:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, other, weight, bias, 'add')
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other.contiguous(), weight, bias, 'add')
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], '' if post_op == 'none' else 'none')
 
 
@@ -96,100 +113,178 @@ def _linear_grads(grad, x, weight, needs):
             grad_2d.sum(0) if needs[2] else None)
 
 
-class _OneDNNLinear(torch.autograd.Function):
-    """``x W^T + b [+ other]`` with oneDNN's forward and the ordinary matmul backward."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, other=None):
-        ctx.save_for_backward(x, weight)
-        ctx.has_other = other is not None
-        return _onednn_linear(x, weight, bias, other=other)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_other = grad if ctx.has_other and ctx.needs_input_grad[3] else None
-        return (*_linear_grads(grad, x, weight, ctx.needs_input_grad[:3]), grad_other)
+def _linear_out(x, weight):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-class _OneDNNMlp(torch.autograd.Function):
-    """``GELU(x W1^T + b1) W2^T + b2 [+ other]`` in one autograd node: the linears as in :class:`_OneDNNLinear`,
-    and the GELU gradient written over the hidden-activation gradient in place (one 4C-channel buffer fewer
-    per block in backward, which on CPU is fresh memory to fault in). With ``save_act=False`` the GELU output
-    is recomputed in backward instead of kept (for activation checkpointing: 4C channels less at the peak)."""
+def _none_if_empty(grads, needs):
+    return tuple(g if need else None for g, need in zip(grads, needs))
 
-    @staticmethod
-    def forward(ctx, x, weight1, bias1, weight2, bias2, other=None, save_act=True):
-        hidden = _onednn_linear(x, weight1, bias1)
+
+@torch.library.custom_op('convnext::linear', mutates_args=())
+def linear(x: Tensor, weight: Tensor, bias: Tensor, other: Optional[Tensor] = None, gelu: bool = False) -> Tensor:
+    """``x W^T + b [+ other]``, or ``GELU(x W^T + b)`` with ``gelu`` (no autograd: inference only)."""
+    if gelu and other is not None:
+        raise ValueError('convnext::linear fuses either GELU or the residual add, not both.')
+    return _onednn_linear(x, weight, bias, 'gelu' if gelu else 'none', other)
+
+
+@linear.register_fake
+def _(x, weight, bias, other=None, gelu=False):
+    return _linear_out(x, weight)
+
+
+def _linear_setup_context(ctx, inputs, output):
+    x, weight, bias, other, gelu = inputs
+    ctx.gelu = gelu
+    ctx.has_other = other is not None
+    ctx.save_for_backward(x, weight)
+
+
+def _linear_backward(ctx, grad):
+    if ctx.gelu:
+        raise RuntimeError('convnext::linear with gelu=True is inference-only: it keeps no pre-activation for '
+                           'the GELU gradient; under autograd apply F.gelu to the plain linear instead.')
+    x, weight = ctx.saved_tensors
+    grad = grad.contiguous()
+    needs = ctx.needs_input_grad
+    grad_other = grad if ctx.has_other and needs[3] else None
+    return (*_linear_grads(grad, x, weight, needs[:3]), grad_other, None)
+
+
+linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+
+
+@torch.library.custom_op('convnext::mlp', mutates_args=())
+def mlp(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor, other: Optional[Tensor] = None,
+        save_act: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """``GELU(x W1^T + b1) W2^T + b2 [+ other]`` in one autograd node; also returns what backward needs: the
+    hidden pre-activation and (``save_act``) the GELU output, else an empty tensor: backward recomputes it
+    (activation checkpointing: 4C channels less at the peak)."""
+    hidden = _onednn_linear(x, weight1, bias1)
+    act = F.gelu(hidden)
+    out = _onednn_linear(act, weight2, bias2, other=other)
+    return out, hidden, act if save_act else act.new_empty(0)
+
+
+@mlp.register_fake
+def _(x, weight1, bias1, weight2, bias2, other=None, save_act=True):
+    hidden = _linear_out(x, weight1)
+    return _linear_out(hidden, weight2), hidden, hidden.new_empty(hidden.shape if save_act else (0,))
+
+
+@torch.library.custom_op('convnext::mlp_backward', mutates_args=())
+def mlp_backward(grad: Tensor, x: Tensor, weight1: Tensor, hidden: Tensor, weight2: Tensor, act: Tensor,
+                 needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The gradients ``(x, W1, b1, W2, b2)`` of :func:`mlp` (empty tensors where ``needs`` is false): the GELU
+    gradient is written over the hidden-activation gradient in place (one 4C-channel buffer fewer per block,
+    which on CPU is fresh memory to fault in). An empty ``act`` is recomputed from ``hidden``."""
+    grad = grad.contiguous()
+    if act.numel() == 0 and needs[3]:
         act = F.gelu(hidden)
-        ctx.save_for_backward(x, weight1, hidden, weight2, act if save_act else None)
-        ctx.has_other = other is not None
-        return _onednn_linear(act, weight2, bias2, other=other)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, weight1, hidden, weight2, act = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        grad = grad.contiguous()
-        if act is None and needs[3]:
-            act = F.gelu(hidden)
-        _, grad_w2, grad_b2 = _linear_grads(grad, act, weight2, (False, needs[3], needs[4]))
-        del act  # a recomputed one is freed before the hidden gradient is allocated
-        grad_x = grad_w1 = grad_b1 = None
-        if needs[0] or needs[1] or needs[2]:
-            grad_hidden = grad.matmul(weight2)
-            torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
-            grad_x, grad_w1, grad_b1 = _linear_grads(grad_hidden, x, weight1, needs[:3])
-        grad_other = grad if ctx.has_other and needs[5] else None
-        return grad_x, grad_w1, grad_b1, grad_w2, grad_b2, grad_other, None
+    _, grad_w2, grad_b2 = _linear_grads(grad, act, weight2, (False, needs[3], needs[4]))
+    del act  # a recomputed one is freed before the hidden gradient is allocated
+    grad_x = grad_w1 = grad_b1 = None
+    if needs[0] or needs[1] or needs[2]:
+        grad_hidden = grad.matmul(weight2)
+        torch.ops.aten.gelu_backward.grad_input(grad_hidden, hidden, grad_input=grad_hidden)
+        grad_x, grad_w1, grad_b1 = _linear_grads(grad_hidden, x, weight1, needs[:3])
+    # a fresh empty tensor per missing gradient: a custom op's outputs must not alias each other
+    return tuple(grad.new_empty(0) if g is None else g for g in (grad_x, grad_w1, grad_b1, grad_w2, grad_b2))
 
 
-class _DepthwiseConv(torch.autograd.Function):
-    """The blocks' depthwise KxK conv (stride 1, zero 'same' padding) with a faster CPU weight gradient.
+@mlp_backward.register_fake
+def _(grad, x, weight1, hidden, weight2, act, needs):
+    shapes = (x.shape, weight1.shape, weight1.shape[:1], weight2.shape, weight2.shape[:1])
+    return tuple(grad.new_empty(shape if need else (0,)) for shape, need in zip(shapes, needs))
+
+
+def _mlp_setup_context(ctx, inputs, output):
+    x, weight1, bias1, weight2, bias2, other, save_act = inputs
+    _, hidden, act = output
+    ctx.has_other = other is not None
+    ctx.save_for_backward(x, weight1, hidden, weight2, act)
+
+
+def _mlp_backward(ctx, grad, _grad_hidden, _grad_act):
+    x, weight1, hidden, weight2, act = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:5])
+    grads = _none_if_empty(mlp_backward(grad, x, weight1, hidden, weight2, act, needs), needs)
+    grad_other = grad if ctx.has_other and ctx.needs_input_grad[5] else None
+    return (*grads, grad_other, None)
+
+
+mlp.register_autograd(_mlp_backward, setup_context=_mlp_setup_context)
+
+
+@torch.library.custom_op('convnext::dwconv', mutates_args=())
+def dwconv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """The blocks' depthwise KxK conv (stride 1, zero 'same' padding); its autograd computes the weight gradient
+    with :func:`dwconv_weight_grad`. Forward and input gradient are the ordinary conv ops."""
+    return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+
+@dwconv.register_fake
+def _(x, weight, bias=None):
+    return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+
+
+@torch.library.custom_op('convnext::dwconv_weight_grad', mutates_args=())
+def dwconv_weight_grad(x: Tensor, grad: Tensor, kernel_size: int) -> Tensor:
+    """The depthwise conv's weight gradient, faster than oneDNN's.
 
     oneDNN's depthwise weight gradient runs far slower than its forward (ConvNeXt-T at 224, batch 8: 19 / 9 / 6
     / 14 ms per block in stages 0-3, against 2.2 / 0.8 / 0.5 / 0.3 ms forward). The same gradient is a
     correlation of each (sample, channel) input plane with its output-gradient plane: a depthwise conv with
-    the gradient as an HxW kernel and a KxK output, summed over the batch (7 / 3 / 2 / 1.4 ms there).
-    Forward and input gradient are the ordinary conv ops."""
+    the gradient as an HxW kernel and a KxK output, summed over the batch (7 / 3 / 2 / 1.4 ms there)."""
+    n, c, h, w = x.shape
+    k = kernel_size
+    pad = k // 2
+    # one sample at a time: as fast, and the NCHW copies stay one sample's size
+    padded = x.new_zeros(1, c, h + 2 * pad, w + 2 * pad)  # the zero border is written once
+    grad_w = x.new_zeros(c, 1, k, k)
+    for i in range(n):
+        padded[0, :, pad:pad + h, pad:pad + w] = x[i]
+        grad_w += F.conv2d(padded, grad[i].contiguous().view(c, 1, h, w), groups=c).view(c, 1, k, k)
+    return grad_w
 
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        n, c, h, w = x.shape
-        k = weight.shape[-1]
-        pad = k // 2
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad = grad.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
-                memory_format=torch.channels_last) else grad.contiguous()
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], c, [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            # one sample at a time: as fast, and the NCHW copies stay one sample's size
-            padded = x.new_zeros(1, c, h + 2 * pad, w + 2 * pad)  # the zero border is written once
-            grad_w = weight.new_zeros(c, 1, k, k)
-            for i in range(n):
-                padded[0, :, pad:pad + h, pad:pad + w] = x[i]
-                grad_w += F.conv2d(padded, grad[i].contiguous().view(c, 1, h, w), groups=c).view(c, 1, k, k)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = grad.sum((0, 2, 3))
-        return grad_x, grad_w, grad_b
+@dwconv_weight_grad.register_fake
+def _(x, grad, kernel_size):
+    return x.new_empty(x.shape[1], 1, kernel_size, kernel_size)
 
+
+def _dwconv_setup_context(ctx, inputs, output):
+    x, weight, bias = inputs
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(x, weight)
+
+
+def _dwconv_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    c, k = x.shape[1], weight.shape[-1]
+    pad = k // 2
+    grad_x = grad_w = grad_b = None
+    if ctx.needs_input_grad[0]:
+        grad = grad.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+            memory_format=torch.channels_last) else grad.contiguous()
+        grad_x = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], c, [True, False, False])[0]
+    if ctx.needs_input_grad[1]:
+        grad_w = dwconv_weight_grad(x, grad, k)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_b = grad.sum((0, 2, 3))
+    return grad_x, grad_w, grad_b
+
+
+dwconv.register_autograd(_dwconv_backward, setup_context=_dwconv_setup_context)
+
+
+# --- the block -------------------------------------------------------------------------------------------
 
 def _depthwise_conv(x: torch.Tensor, conv) -> torch.Tensor:
     if torch.is_grad_enabled() and conv.weight.requires_grad:
-        return _DepthwiseConv.apply(x, conv.weight, conv.bias)
+        return dwconv(x, conv.weight, conv.bias)
     return conv(x)
 
 
@@ -207,16 +302,16 @@ def block_forward(block, x: torch.Tensor) -> torch.Tensor:
     fuse_residual = not (block.training and block.drop_path_rate > 0)
     shortcut_nhwc = shortcut.permute(0, 2, 3, 1)
     if torch.is_grad_enabled() and block.grn is None:
-        x = _OneDNNMlp.apply(x, block.pwconv1.weight, block.pwconv1.bias, weight, bias,
-                             shortcut_nhwc if fuse_residual else None, not block.low_memory)
+        x = mlp(x, block.pwconv1.weight, block.pwconv1.bias, weight, bias,
+                shortcut_nhwc if fuse_residual else None, not block.low_memory)[0]
         x = x.permute(0, 3, 1, 2)
         return x if fuse_residual else shortcut + block.drop_path(x)
     if torch.is_grad_enabled():
-        x = F.gelu(_OneDNNLinear.apply(x, block.pwconv1.weight, block.pwconv1.bias))
+        x = F.gelu(linear(x, block.pwconv1.weight, block.pwconv1.bias))
     else:
-        x = _onednn_linear(x, block.pwconv1.weight, block.pwconv1.bias, 'gelu')
+        x = linear(x, block.pwconv1.weight, block.pwconv1.bias, gelu=True)
     if block.grn is not None:
         x = block.grn(x)
     if fuse_residual:
-        return _OneDNNLinear.apply(x, weight, bias, shortcut_nhwc).permute(0, 3, 1, 2)
-    return shortcut + block.drop_path(_OneDNNLinear.apply(x, weight, bias).permute(0, 3, 1, 2))
+        return linear(x, weight, bias, shortcut_nhwc).permute(0, 3, 1, 2)
+    return shortcut + block.drop_path(linear(x, weight, bias).permute(0, 3, 1, 2))

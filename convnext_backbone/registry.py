@@ -21,7 +21,9 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_CONSTRUCTORS
 from mmengine.registry import Registry
 
+from .compile_hook import CompileBackboneHook
 from .convnext import ConvNeXt
+from .crash_safe import CrashSafeHook
 from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor
 from .rng_state import RNGStateHook
 
@@ -36,3 +38,5 @@ for registry in (ROOT_CONSTRUCTORS, OPTIM_WRAPPER_CONSTRUCTORS):
     registry.register_module(module=ConvNeXtLayerDecayOptimizerConstructor)
 for registry in (ROOT_HOOKS, HOOKS):
     registry.register_module(module=RNGStateHook)
+    registry.register_module(module=CrashSafeHook)
+    registry.register_module(module=CompileBackboneHook)

@@ -71,18 +71,18 @@ def test_fast_path_equals_official_forward_and_gradients(use_grn, ls):
 
 
 def test_depthwise_conv_fast_weight_gradient_gradcheck():
-    from convnext_backbone.cpu_kernels import _DepthwiseConv
+    from convnext_backbone.cpu_kernels import dwconv
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 1, 7, 7, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(_DepthwiseConv.apply, (x, weight, bias))
-    assert torch.autograd.gradcheck(_DepthwiseConv.apply, (x, weight, None))
+    assert torch.autograd.gradcheck(dwconv, (x, weight, bias))
+    assert torch.autograd.gradcheck(dwconv, (x, weight, None))
 
 
 @pytest.mark.parametrize('channels_last,bias,input_grad,contiguous_grad', [
     (True, True, True, True), (False, True, True, False), (True, False, False, True), (True, True, False, False)])
 def test_depthwise_conv_fast_weight_gradient_equals_autograd(channels_last, bias, input_grad, contiguous_grad):
-    from convnext_backbone.cpu_kernels import _DepthwiseConv
+    from convnext_backbone.cpu_kernels import dwconv
     torch.manual_seed(0)
     conv = nn.Conv2d(5, 5, kernel_size=7, padding=3, groups=5, bias=bias)
     x = torch.randn(3, 5, 9, 13)
@@ -95,7 +95,7 @@ def test_depthwise_conv_fast_weight_gradient_equals_autograd(channels_last, bias
         return tuple(t for t in (x_, conv.weight, conv.bias) if t is not None and t.requires_grad)
     out_ref = conv(x_ref)
     ref = torch.autograd.grad(out_ref, inputs(x_ref), grad)
-    out_ours = _DepthwiseConv.apply(x_ours, conv.weight, conv.bias)
+    out_ours = dwconv(x_ours, conv.weight, conv.bias)
     ours = torch.autograd.grad(out_ours, inputs(x_ours), grad)
     assert (out_ref - out_ours).abs().max() < 1e-6
     assert len(ref) == len(ours) == 1 + int(bias) + int(input_grad)
@@ -120,6 +120,11 @@ def test_fused_training_path_equals_plain_ops_with_active_drop_path(ls):
         assert (grads_fast[name] - g).abs().max() < 1e-5 * max(1.0, g.abs().max().item()), name
 
 
+# autograd nodes of the kernels' custom ops (torch.library names them after the op)
+_DWCONV_NODE, _MLP_NODE, _LINEAR_NODE = (f'GeneratedBackwardFor_convnext_{op}_defaultBackward'
+                                          for op in ('dwconv', 'mlp', 'linear'))
+
+
 def _autograd_nodes(tensor):
     seen, stack = set(), [tensor.grad_fn]
     while stack:
@@ -136,9 +141,9 @@ def test_cpu_training_takes_the_fused_autograd_nodes():
     nodes (faster weight gradient; one buffer fewer); GRN blocks and no-grad forwards keep the other paths."""
     model = ConvNeXt(TINY, drop_path_rate=0.2).train()
     nodes = _autograd_nodes(model(torch.randn(1, 3, 64, 64))[3])
-    assert {'_DepthwiseConvBackward', '_OneDNNMlpBackward'} <= nodes
+    assert {_DWCONV_NODE, _MLP_NODE} <= nodes
     nodes = _autograd_nodes(ConvNeXt(TINY, use_grn=True, layer_scale_init_value=0.0)(torch.randn(1, 3, 64, 64))[3])
-    assert '_OneDNNMlpBackward' not in nodes and '_OneDNNLinearBackward' in nodes
+    assert _MLP_NODE not in nodes and _LINEAR_NODE in nodes
 
 
 @pytest.mark.parametrize('use_grn,ls', [(False, 1e-6), (True, 0.0)])
@@ -287,25 +292,12 @@ def test_registered_in_mmdet_and_mmseg():
         assert isinstance(model, ConvNeXt)
 
 
-def test_torch_compile_trains_and_matches_eager():
-    """torch.compile traces the plain ops (inductor cannot lower oneDNN's linear with trainable weights)."""
-    torch.manual_seed(0)
-    model = randomize_(ConvNeXt(dict(depths=[1, 1], channels=[8, 16]), out_indices=(0, 1))).train()
-    x = torch.randn(1, 3, 32, 32)
-    outs_eager, grads_eager = _grads(model, x, seed=1)
-    outs_compiled, grads_compiled = _grads(torch.compile(model), x, seed=1)
-    for a, b in zip(outs_eager, outs_compiled):
-        assert (a - b).abs().max() < 1e-4
-    for name, g in grads_eager.items():
-        assert (grads_compiled['_orig_mod.' + name] - g).abs().max() < 1e-4 * max(1.0, g.abs().max()), name
-
-
 def test_cpu_autocast_training_skips_the_float32_kernels():
     """Under CPU autocast the blocks take the plain ops (which autocast); our float32 nodes would mix dtypes."""
     block = Block(8).train()
     x = torch.randn(2, 8, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = block(x)
-    assert not {'_DepthwiseConvBackward', '_OneDNNMlpBackward'} & _autograd_nodes(out)
+    assert not {_DWCONV_NODE, _MLP_NODE} & _autograd_nodes(out)
     out.float().sum().backward()
     assert x.grad is not None and block.dwconv.weight.grad is not None and block.pwconv1.weight.grad is not None

@@ -8,11 +8,21 @@ own fresh process so that peak memory is per configuration):
     python tools/benchmark.py backbone --arch tiny --size 224 --batch 8 --step train --modes eager with_cp
 
 Modes: eager (default), channels_last (input handed over in channels-last memory format), compile
-(torch.compile), with_cp (activation checkpointing; timm's grad_checkpointing). Time: ours and timm are
-built in one process and their steps interleaved, so a drifting machine speed hits both alike; img/s from the
-median of --repeat steps after --warmup, and the min too. Memory: each configuration in a fresh process;
+(torch.compile), compile_freezing (torch.compile with inductor's freezing=True; inference), with_cp (activation
+checkpointing; timm's grad_checkpointing). Time: ours and timm are built in one process and their steps
+interleaved, so a drifting machine speed hits both alike; img/s from the median of --repeat steps after --warmup,
+and the min too. Memory: each configuration in a fresh process;
 CUDA max allocated, or on CPU the peak RSS and its rise over the RSS before the first step (activations,
 gradients, workspace). Ratios: ours/timm speed (>1: ours faster) and memory (<1: ours smaller).
+
+Compile mode (``--compile``): what ``torch.compile`` gives, eager vs compiled, ours vs timm, in the two
+scenarios of the README, each in its own process with every variant's steps interleaved (medians):
+
+    python tools/benchmark.py --compile            # inference b1 800x1216 and training step b8 224
+    python tools/benchmark.py --compile --arch tiny --repeat 5 --threads 2
+
+Inference also runs inductor's ``freezing=True`` (weights as constants). The first --warmup steps include the
+compilation (minutes on a small CPU).
 
 Model mode (FPS of a whole detector or segmentor in inference, like mmdet's benchmark), several configs in
 one run; ``mmdet::`` / ``mmseg::`` name configs shipped inside those packages:
@@ -73,7 +83,12 @@ def _setup(impl, arch, mode, size, batch, step, dtype, device):
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     model.train(step == 'train')
-    fn = torch.compile(model) if mode == 'compile' else model
+    if mode == 'compile':
+        fn = torch.compile(model)
+    elif mode == 'compile_freezing':
+        fn = torch.compile(model, options={'freezing': True})
+    else:
+        fn = model
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
     def run():
@@ -89,12 +104,17 @@ def _setup(impl, arch, mode, size, batch, step, dtype, device):
     return run
 
 
-def time_backbones(arch, mode, size, batch, step, dtype, device, warmup, repeat, threads) -> dict:
+def time_backbones(arch, mode, size, batch, step, dtype, device, warmup, repeat, threads, modes=None) -> dict:
     """Seconds per step of ours and timm's, interleaved step by step in one process so that drifting
-    machine speed (shared or throttled CPUs) hits both equally; median and min of ``repeat`` steps."""
+    machine speed (shared or throttled CPUs) hits both equally; median and min of ``repeat`` steps.
+    With ``modes``, every (impl, mode) pair is interleaved, keyed ``'impl mode'``."""
     if threads:
         torch.set_num_threads(threads)
-    runs = {impl: _setup(impl, arch, mode, size, batch, step, dtype, device) for impl in ('ours', 'timm')}
+    if modes:
+        runs = {f'{impl} {m}': _setup(impl, arch, m, size, batch, step, dtype, device)
+                for m in modes for impl in ('ours', 'timm')}
+    else:
+        runs = {impl: _setup(impl, arch, mode, size, batch, step, dtype, device) for impl in ('ours', 'timm')}
     times = {impl: [] for impl in runs}
     for i in range(warmup + repeat):
         for impl, run in runs.items():
@@ -169,6 +189,38 @@ def cmd_backbone(args):
     return results
 
 
+# --- torch.compile -------------------------------------------------------------------------------------
+
+COMPILE_SCENARIOS = (  # (name, step, batch, size, modes)
+    ('inference b1 800x1216', 'forward', 1, (800, 1216), ('eager', 'compile', 'compile_freezing')),
+    ('train step b8 224', 'train', 8, (224, 224), ('eager', 'compile')),
+)
+
+
+def cmd_compile(args):
+    print(f'torch.compile on ConvNeXt-{args.arch} ({torch.__version__}, inductor, {args.device}, '
+          f'{args.threads or torch.get_num_threads()} threads): every variant of a scenario built in one process '
+          f'and their steps interleaved; median (min) s/step of {args.repeat} steps after {args.warmup} warm-up '
+          f'steps (which include compiling)')
+    print(f'{"scenario":<22} {"mode":<17} {"ours s":>13} {"timm s":>13} {"ours/timm":>9} {"ours vs eager":>13}')
+    results = {}
+    for name, step, batch, size, modes in COMPILE_SCENARIOS:
+        if args.scenarios and step not in args.scenarios:
+            continue
+        timing = _in_subprocess('time', arch=args.arch, mode=None, modes=list(modes), size=list(size), batch=batch,
+                                step=step, dtype='float32', device=args.device, warmup=args.warmup,
+                                repeat=args.repeat, threads=args.threads)
+        results[name] = timing
+        eager = timing['ours eager']['median']
+        for m in modes:
+            ours, timm = timing[f'ours {m}'], timing[f'timm {m}']
+            print(f'{name:<22} {m:<17} {ours["median"]:>6.3f} ({ours["min"]:.3f}) {timm["median"]:>6.3f} '
+                  f'({timm["min"]:.3f}) {timm["median"] / ours["median"]:>8.2f}x '
+                  f'{eager / ours["median"]:>12.2f}x', flush=True)
+    print('ours/timm: speed-up of ours over timm in the same mode; ours vs eager: speed-up over ours eager')
+    return results
+
+
 # --- whole models --------------------------------------------------------------------------------------
 
 def cmd_model(args):
@@ -211,7 +263,10 @@ def parse_args(argv=None):
     bb.add_argument('--step', choices=['train', 'forward'], default='train')
     bb.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'], default='float32')
     bb.add_argument('--modes', nargs='+', default=['eager'],
-                    choices=['eager', 'channels_last', 'compile', 'with_cp'])
+                    choices=['eager', 'channels_last', 'compile', 'compile_freezing', 'with_cp'])
+    cc = sub.add_parser('compile', parents=[common], help='torch.compile: eager vs compiled, ours vs timm')
+    cc.add_argument('--arch', default='tiny')
+    cc.add_argument('--scenarios', nargs='+', choices=['forward', 'train'], help='default: both')
     md = sub.add_parser('model', parents=[common], help='whole detector / segmentor FPS')
     md.add_argument('configs', nargs='+')
     return parser.parse_args(argv)
@@ -223,8 +278,10 @@ def main(argv=None):
         fn = time_backbones if argv[1] == 'time' else measure_memory
         print(json.dumps(fn(**json.loads(argv[2]))))
         return
+    if argv and argv[0] == '--compile':
+        argv = ['compile', *argv[1:]]
     args = parse_args(argv)
-    return cmd_backbone(args) if args.command == 'backbone' else cmd_model(args)
+    return dict(backbone=cmd_backbone, compile=cmd_compile, model=cmd_model)[args.command](args)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,5 @@
 """Command line of :mod:`convnext_backbone.tools.train` (see its docstring; `python tools/train.py -h`)."""
-from convnext_backbone.tools.train import main
+from convnext_backbone.tools.train import cli
 
 if __name__ == '__main__':
-    main()
+    cli()

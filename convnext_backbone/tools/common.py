@@ -13,7 +13,7 @@ import convnext_backbone  # noqa: F401  (registers our modules; allow-lists mmen
 
 
 # The optional OpenMMLab codebases and the extra of ours that installs each.
-EXTRAS = {'mmdet': 'det', 'mmseg': 'seg', 'timm': 'timm'}
+EXTRAS = {'mmdet': 'det', 'mmseg': 'seg', 'timm': 'timm', 'onnx': 'deploy', 'onnxruntime': 'deploy'}
 
 
 def require(module: str, purpose: str):

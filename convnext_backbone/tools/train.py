@@ -3,12 +3,15 @@
     python tools/train.py configs/detection/cascade_convnext_t_3x.py
     python tools/train.py CONFIG --resume                 # from the latest checkpoint in the work dir
     python tools/train.py CONFIG --resume work_dirs/x/epoch_3.pth
+    kill -TERM <pid>   # or SIGUSR1: checkpoint of the current iteration, exit status 75 (see README)
     bash tools/dist_train.sh CONFIG 8                       # torchrun, one process per GPU (or CPU process)
 
 On a machine without CUDA the recipe runs on CPU: SyncBN -> BN, AMP off, gloo for distributed runs.
 """
 import argparse
+import sys
 
+from convnext_backbone.crash_safe import ResumeError
 from convnext_backbone.tools.common import add_runner_args, build_runner, end_run, run_config
 
 
@@ -33,8 +36,12 @@ def make_runner(args):
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
     hooks = list(cfg.get('custom_hooks') or [])
-    if not any(h.get('type') == 'RNGStateHook' for h in hooks):
-        cfg.custom_hooks = hooks + [dict(type='RNGStateHook')]  # resumed runs continue exactly
+    # RNGStateHook: resumed runs continue exactly; CrashSafeHook: durable checkpoints, validated resume,
+    # preemption (SIGTERM / SIGUSR1) and NaN stops (see convnext_backbone/crash_safe.py)
+    for name in ('RNGStateHook', 'CrashSafeHook'):
+        if not any(h.get('type') == name for h in hooks):
+            hooks.append(dict(type=name))
+    cfg.custom_hooks = hooks
     return build_runner(cfg)
 
 
@@ -47,5 +54,14 @@ def main(argv=None):
     return runner
 
 
+def cli(argv=None):
+    """The command line: ``main``, with a checkpoint that cannot be resumed from reported in one line (the
+    message names the file and what is wrong with it; a traceback would only bury it)."""
+    try:
+        return main(argv)
+    except ResumeError as e:
+        sys.exit(f'{type(e).__name__}: {e}')
+
+
 if __name__ == '__main__':
-    main()
+    cli()

@@ -1,0 +1,491 @@
+"""Crash-safe training: durable checkpoints, validated resume, preemption and NaN stops.
+
+``CrashSafeHook`` (``custom_hooks=[dict(type='CrashSafeHook')]``; ``tools/train.py`` adds it to every run) makes a
+run survive a SIGKILL, a full disk, a power cut or a preemption at any instant, losing at most the work since the
+last checkpoint, and makes ``--resume`` need no hand:
+
+* Durable checkpoints. mmengine writes checkpoints in place (``open(path, 'wb')``, no fsync) and removes the
+  oldest one (``max_keep_ckpts``) *before* writing the new one; a kill in between leaves no checkpoint while
+  ``last_checkpoint`` names the removed file. The hook takes over the runner's ``CheckpointHook`` when its
+  directory is local: every checkpoint goes into a temporary file in the same directory, is flushed and fsynced,
+  then ``os.replace``d onto its name and the directory fsynced (``AtomicLocalBackend``); ``last_checkpoint`` is
+  replaced the same way once the checkpoint is durable, and only then are old checkpoints removed. Object-store
+  backends (``s3://``, petrel...) keep mmengine's behaviour.
+* Validated resume. Before the runner resumes, the checkpoint is checked (a complete torch zip archive, CRCs
+  intact, holding ``state_dict``, ``meta`` and ``optimizer``). Auto-resume falls back to the newest intact
+  checkpoint when ``last_checkpoint`` names a missing or torn file (one warning naming it) and refuses to start
+  from scratch when checkpoints exist but none is intact; an explicit path that fails raises ``ResumeError``.
+* Preemption. On SIGTERM or SIGUSR1 (SLURM's ``--signal=USR1@90``) the current iteration finishes, every rank
+  agrees to stop after the same iteration (one all-reduce of a flag per iteration), a checkpoint of exactly that
+  iteration is written (``preempted_iter_<N>.pth``, also mid-epoch) and the process exits with
+  ``PREEMPTED_EXIT_STATUS`` (75, ``EX_TEMPFAIL``), which ``tools/slurm_train.sh`` turns into ``scontrol requeue``.
+  Resuming from a mid-epoch checkpoint skips the batches already trained in that epoch at the batch-sampler level
+  (no data is loaded for them), so the data order continues exactly.
+* NaN / Inf loss. A non-finite loss on any rank stops every rank with ``NonFiniteLossError`` naming the iteration,
+  before any checkpoint of the diverged model can be written.
+
+Test hook (for the test suite only): ``CONVNEXT_BACKBONE_TEST_KILL_AT=point[:n]`` makes the process SIGKILL itself
+the n-th time (default 1) it reaches a named point of the checkpoint writing: ``mid_write`` (half of the
+temporary file written), ``before_rename`` (temporary file complete and fsynced), ``before_pointer`` (checkpoint
+renamed into place, ``last_checkpoint`` not yet updated), ``before_remove`` (``last_checkpoint`` updated, old
+checkpoints not yet removed).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import os.path as osp
+import re
+import shutil
+import signal
+import threading
+import zipfile
+from types import MethodType
+
+import torch
+from mmengine.dist import all_reduce, barrier, broadcast_object_list, get_world_size, is_main_process
+from mmengine.fileio import LocalBackend, get_file_backend, register_backend
+from mmengine.hooks import CheckpointHook, Hook
+from mmengine.runner import EpochBasedTrainLoop
+
+PREEMPTED_EXIT_STATUS = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, retrying is expected to work
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+TEST_KILL_ENV = 'CONVNEXT_BACKBONE_TEST_KILL_AT'
+ATOMIC_BACKEND = 'crash_safe_local'
+POINTER = 'last_checkpoint'
+PREEMPTED_TMPL = 'preempted_iter_{}.pth'
+EXPIRED_INFO = 'crash_safe_expired_ckpts'  # message-hub key: checkpoints the latest one supersedes
+_TMP_RE = re.compile(r'^\..+\.tmp-\d+$')
+
+
+class ResumeError(RuntimeError):
+    """No usable checkpoint to resume from."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf."""
+
+
+def _is_local(path) -> bool:
+    return '://' not in str(path)
+
+
+# --- durable writes ------------------------------------------------------------------------------------------
+
+_kill_counts: dict = {}
+
+
+def _test_kill_point(name: str) -> None:
+    """The test hook described in the module docstring: SIGKILL this process at a named point."""
+    spec = os.environ.get(TEST_KILL_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition(':')
+    if point != name:
+        return
+    _kill_counts[name] = _kill_counts.get(name, 0) + 1
+    if _kill_counts[name] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: bytes, _checkpoint: bool = False) -> None:
+    """Write ``data`` to ``path`` so that, whatever the instant of a crash, ``path`` holds either its old
+    content or all of ``data``: a temporary file in the same directory, flushed and fsynced, ``os.replace``d
+    onto ``path``, then the directory fsynced. Needs a filesystem with atomic rename (local disks; see README)."""
+    path = osp.abspath(path)
+    directory = osp.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = osp.join(directory, f'.{osp.basename(path)}.tmp-{os.getpid()}')
+    try:
+        with open(tmp, 'wb') as f:
+            half = len(data) // 2 if _checkpoint else len(data)
+            f.write(memoryview(data)[:half])
+            if _checkpoint:
+                f.flush()
+                _test_kill_point('mid_write')
+            f.write(memoryview(data)[half:])
+            f.flush()
+            os.fsync(f.fileno())
+        if _checkpoint:
+            _test_kill_point('before_rename')
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+    fsync_dir(directory)
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local file backend with ``put`` / ``put_text`` made atomic and durable (``atomic_write``).
+    ``CrashSafeHook`` points the local ``CheckpointHook``s of a run at it (``backend_args``)."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        atomic_write(str(filepath), obj, _checkpoint=True)
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        atomic_write(str(filepath), obj.encode(encoding))
+
+
+register_backend(ATOMIC_BACKEND, AtomicLocalBackend)
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Remove the temporary files that killed runs left (``.<name>.tmp-<pid>``); returns their paths."""
+    removed = []
+    for path in glob.glob(osp.join(glob.escape(directory), '.*.tmp-*')):
+        if _TMP_RE.match(osp.basename(path)) and not path.endswith(f'.tmp-{os.getpid()}') and osp.isfile(path):
+            os.remove(path)
+            removed.append(path)
+    return removed
+
+
+def _remove(path: str) -> None:
+    if osp.isdir(path):
+        shutil.rmtree(path)  # checkpoints saved by deepspeed are directories
+    elif osp.exists(path):
+        os.remove(path)
+
+
+def _durable_save_with_step(self: CheckpointHook, runner, step, meta) -> None:
+    """``CheckpointHook._save_checkpoint_with_step`` for a local directory: the same bookkeeping, but the old
+    checkpoint is removed only after the new one and ``last_checkpoint`` are durable."""
+    expired = []
+    if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+        if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+            expired.append(osp.join(self.out_dir, self.filename_tmpl.format(self.keep_ckpt_ids.popleft())))
+        self.keep_ckpt_ids.append(step)
+        runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+    filename = self.filename_tmpl.format(step)
+    self.last_ckpt = osp.join(self.out_dir, filename)
+    runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+    # the new checkpoint records what it supersedes: a run resumed from it removes what a crash left behind
+    expired += _preempted_checkpoints(self.out_dir, up_to_iter=meta['iter'])
+    runner.message_hub.update_info(EXPIRED_INFO, [osp.basename(p) for p in expired])
+    runner.save_checkpoint(self.out_dir, filename, save_optimizer=self.save_optimizer,
+                           save_param_scheduler=self.save_param_scheduler, meta=meta, by_epoch=self.by_epoch,
+                           backend_args=self.backend_args, **self.args)
+    if not is_main_process():
+        return
+    _test_kill_point('before_pointer')
+    atomic_write(osp.join(runner.work_dir, POINTER), self.last_ckpt.encode())
+    _test_kill_point('before_remove')
+    for path in expired:
+        _remove(path)
+    runner.message_hub.update_info(EXPIRED_INFO, [])
+
+
+def _preempted_checkpoints(directory: str, up_to_iter: int) -> list[str]:
+    found = []
+    for path in glob.glob(osp.join(glob.escape(directory), PREEMPTED_TMPL.format('*'))):
+        match = re.fullmatch(PREEMPTED_TMPL.format(r'(\d+)').replace('.', r'\.'), osp.basename(path))
+        if match and int(match.group(1)) <= up_to_iter:
+            found.append(path)
+    return found
+
+
+def make_durable(hook: CheckpointHook, work_dir: str) -> bool:
+    """Make a CheckpointHook (not yet started) write durably when its directory is local: its backend becomes
+    ``AtomicLocalBackend`` and its saving removes old checkpoints last. Returns whether it did (object stores and
+    the deprecated ``file_client_args`` keep mmengine's behaviour)."""
+    if getattr(hook, '_crash_safe', False):
+        return True
+    backend = (hook.backend_args or {}).get('backend', 'local')
+    if hook.file_client_args is not None or backend not in ('local', ATOMIC_BACKEND) or \
+            not _is_local(hook.out_dir or work_dir):
+        return False
+    hook.backend_args = dict(backend=ATOMIC_BACKEND)
+    hook._save_checkpoint_with_step = MethodType(_durable_save_with_step, hook)
+    hook._crash_safe = True
+    return True
+
+
+# --- checking checkpoints ------------------------------------------------------------------------------------
+
+class CheckpointProblem(Exception):
+    """Why a file cannot be resumed from (the message completes 'it ...')."""
+
+
+def check_checkpoint(path: str, verify_data: bool = True) -> dict:
+    """Check that ``path`` is a checkpoint training can resume from: a complete torch zip archive (with
+    ``verify_data``, every record's CRC is checked: the whole file is read) whose pickle holds ``state_dict``,
+    ``meta`` and ``optimizer``. Returns its ``meta``; raises ``CheckpointProblem`` saying what is wrong."""
+    if not osp.exists(path):
+        raise CheckpointProblem('does not exist')
+    if osp.isdir(path):
+        raise CheckpointProblem('is a directory')
+    size = osp.getsize(path)
+    if size == 0:
+        raise CheckpointProblem('is empty (0 bytes)')
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip() if verify_data else None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointProblem(f'is not a complete torch checkpoint ({size} bytes, {e}): cut short by a crash '
+                                'or a full disk, or not a checkpoint at all') from None
+    if bad is not None:
+        raise CheckpointProblem(f'is corrupt (CRC mismatch in record {bad!r})')
+    try:
+        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+    except Exception as e:  # noqa: BLE001  (any unpickling failure makes the file unusable; say which)
+        raise CheckpointProblem(f'cannot be loaded by torch.load: {type(e).__name__}: {str(e)[:300]}') from None
+    missing = [k for k in ('state_dict', 'meta', 'optimizer')
+               if not isinstance(checkpoint, dict) or k not in checkpoint]
+    if missing:
+        raise CheckpointProblem(f'holds no {", ".join(missing)}: not a training checkpoint (weights only, a best '
+                                'checkpoint or a pretrained model)')
+    return checkpoint['meta']
+
+
+def find_resume_checkpoint(work_dir: str) -> tuple[str | None, str | None]:
+    """The checkpoint auto-resume should use: the one ``work_dir/last_checkpoint`` names if it is intact, else
+    the newest intact checkpoint (most iterations) in its directory and the work dir. Returns (path or None when
+    there is no checkpoint at all, warning or None). Raises ``ResumeError`` when checkpoints exist but none is
+    intact."""
+    pointer = osp.join(work_dir, POINTER)
+    named = None
+    if osp.exists(pointer):
+        with open(pointer) as f:
+            named = f.read().strip() or None
+    problems = {}
+    if named is not None:
+        if not _is_local(named):
+            return named, None  # an object store: mmengine's behaviour
+        try:
+            check_checkpoint(named)
+            return named, None
+        except CheckpointProblem as e:
+            problems[named] = str(e)
+    directories = {osp.abspath(work_dir)} | ({osp.dirname(osp.abspath(named))} if named else set())
+    candidates = sorted({osp.abspath(p) for d in directories for p in glob.glob(osp.join(glob.escape(d), '*.pth'))}
+                        - {osp.abspath(named or '')})
+    ranked = []
+    for path in candidates:
+        try:
+            meta = check_checkpoint(path, verify_data=False)
+            ranked.append((int(meta.get('iter', 0)), osp.getmtime(path), path))
+        except CheckpointProblem as e:
+            problems[path] = str(e)
+    for _, _, path in sorted(ranked, reverse=True):
+        try:
+            check_checkpoint(path)
+        except CheckpointProblem as e:
+            problems[path] = str(e)
+            continue
+        if named is None:
+            warning = f'{pointer} does not exist; resuming from {path}, the newest intact checkpoint in {work_dir}'
+        else:
+            warning = (f'{pointer} names {named}, which {problems[named]}; resuming from {path} instead, the '
+                       'newest intact checkpoint')
+        return path, warning
+    if not problems:
+        return None, None  # nothing was ever saved: start from scratch
+    found = '\n'.join(f'  {p}: {why}' for p, why in problems.items())
+    raise ResumeError(f'Cannot resume in {work_dir}: no intact checkpoint. Found:\n{found}\nRemove or repair these '
+                      'files to start from scratch, or pass --resume PATH.')
+
+
+# --- the hook ------------------------------------------------------------------------------------------------
+
+class _SkipBatches:
+    """The batch sampler of a resumed epoch: the first ``skip`` batches are dropped (indices only, no data is
+    loaded). The DataLoader draws its base seed from torch's global RNG when an epoch's iteration starts; the
+    interrupted run made that draw before its checkpoint, so it is undone (the RNG state of the start of the
+    epoch is restored) when the first batch is requested."""
+
+    def __init__(self, batch_sampler, skip: int, rng_state: torch.Tensor):
+        self.batch_sampler, self.skip, self.rng_state = batch_sampler, skip, rng_state
+
+    def __iter__(self):
+        torch.set_rng_state(self.rng_state)
+        batches = iter(self.batch_sampler)
+        for _ in range(self.skip):
+            next(batches, None)
+        yield from batches
+
+    def __len__(self):
+        return max(len(self.batch_sampler) - self.skip, 0)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__['batch_sampler'], name)
+
+
+class CrashSafeHook(Hook):
+    """See the module docstring. ``stop_signals``: the signals that request a checkpoint-and-exit."""
+
+    # after the hooks that change training state after a step (EMA 50, logging 60, by-iter schedulers 70), before
+    # CheckpointHook (90): a preemption checkpoint holds the complete iteration, a NaN stops before any save
+    priority = 80
+
+    def __init__(self, stop_signals=('SIGTERM', 'SIGUSR1')):
+        self.stop_signals = [getattr(signal, s) if isinstance(s, str) else signal.Signals(s) for s in stop_signals]
+        self._signal = None
+        self._previous_handlers = {}
+        self._resume_inner_iter = 0
+        self._epoch_start_iter = 0
+        self._skipping = None
+        self._cleaned = False
+
+    # checkpoints ---------------------------------------------------------------------------------------------
+    def before_run(self, runner) -> None:
+        for hook in runner.hooks:
+            if isinstance(hook, CheckpointHook) and not make_durable(hook, runner.work_dir):
+                runner.logger.info(f'CrashSafeHook: {hook.out_dir} is not a local directory; its checkpoints are '
+                                   'written the way mmengine writes them (not atomically).')
+        self._choose_resume_checkpoint(runner)
+
+    def _choose_resume_checkpoint(self, runner) -> None:
+        if not runner._resume:
+            return
+        explicit = runner._load_from
+        result = [None, None, None]  # path, warning, error
+        if is_main_process():
+            try:
+                if explicit is None:
+                    result[:2] = find_resume_checkpoint(runner.work_dir)
+                else:
+                    result[0] = explicit
+                    if _is_local(explicit):
+                        check_checkpoint(explicit)
+            except CheckpointProblem as e:
+                result[2] = f'Cannot resume from {explicit}: it {e}.'
+            except ResumeError as e:
+                result[2] = str(e)
+        if get_world_size() > 1:
+            broadcast_object_list(result)  # one decision for every rank
+        path, warning, error = result
+        if error is not None:
+            raise ResumeError(error)
+        if warning is not None:
+            runner.logger.warning(warning)
+        if path is None:
+            runner.logger.info(f'No checkpoint in {runner.work_dir}: training starts from scratch.')
+        elif explicit is None:
+            runner.logger.info(f'Auto-resuming from {path}.')
+            runner._load_from = path
+
+    def before_train(self, runner) -> None:
+        self._cleaned = False
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.stop_signals:
+                self._previous_handlers[sig] = signal.signal(sig, self._request_stop)
+        else:
+            runner.logger.warning('CrashSafeHook: training does not run in the main thread, so stop signals '
+                                  f'({", ".join(s.name for s in self.stop_signals)}) keep their default action.')
+
+    def _request_stop(self, signum, frame) -> None:
+        self._signal = signal.Signals(signum)
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+
+    # iteration-exact resume -----------------------------------------------------------------------------------
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if runner._resume:
+            self._resume_inner_iter = int(checkpoint.get('meta', {}).get('inner_iter', 0))
+
+    def before_train_epoch(self, runner) -> None:
+        if not self._cleaned and is_main_process():  # the checkpoint hooks know their directories by now
+            out_dirs = {h.out_dir for h in runner.hooks if getattr(h, '_crash_safe', False)}
+            for directory in out_dirs | {runner.work_dir}:
+                for path in remove_stale_temporaries(directory):
+                    runner.logger.info(f'Removed {path}, a partial checkpoint that a killed run left.')
+            for directory in out_dirs:  # checkpoints superseded before a crash that were left on disk
+                for path in [osp.join(directory, name) for name in runner.message_hub.get_info(EXPIRED_INFO, [])]:
+                    if osp.exists(path):
+                        _remove(path)
+                        runner.logger.info(f'Removed {path}, superseded by the checkpoint this run resumed from.')
+        self._cleaned = True
+        skip, self._resume_inner_iter = self._resume_inner_iter, 0
+        self._epoch_start_iter = runner.iter - skip
+        if skip and isinstance(runner.train_loop, EpochBasedTrainLoop):
+            loader = runner.train_loop.dataloader
+            if loader.batch_sampler is None:
+                raise ResumeError('Cannot resume mid-epoch: the train dataloader has no batch sampler '
+                                  '(batch_size=None); resume from an end-of-epoch checkpoint instead.')
+            self._skipping = (loader, loader.batch_sampler)
+            # DataLoader forbids reassigning batch_sampler once built; it is swapped for this epoch only
+            skipping = _SkipBatches(loader.batch_sampler, skip, torch.get_rng_state())
+            object.__setattr__(loader, 'batch_sampler', skipping)
+            runner.logger.info(f'Resuming epoch {runner.epoch + 1} after its first {skip} batches.')
+
+    def after_train_epoch(self, runner) -> None:
+        self._stop_skipping()
+
+    def _stop_skipping(self) -> None:
+        if self._skipping is not None:
+            loader, batch_sampler = self._skipping
+            object.__setattr__(loader, 'batch_sampler', batch_sampler)
+            self._skipping = None
+
+    def after_run(self, runner) -> None:
+        self._stop_skipping()
+        self._restore_signal_handlers()
+
+    # stop requests: NaN loss, preemption ----------------------------------------------------------------------
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        bad = _non_finite_losses(outputs)
+        flags = torch.tensor([float(self._signal is not None), float(bool(bad))])
+        all_reduce(flags, op='max')  # every rank stops after the same iteration (nothing when not distributed)
+        if flags[1]:
+            self._restore_signal_handlers()
+            where = ', '.join(f'{k}={v}' for k, v in bad.items()) if bad else 'on another rank'
+            last = runner.message_hub.get_info('last_ckpt')
+            raise NonFiniteLossError(
+                f'Non-finite loss at iteration {runner.iter + 1} (epoch {runner.epoch + 1}): {where}. Training '
+                f'stopped before any checkpoint of the diverged model was written; the last good checkpoint is '
+                f'{last or "none (none was saved yet)"}. Lower the learning rate or clip gradients, then resume.')
+        if flags[0]:
+            self._checkpoint_and_exit(runner)
+
+    def _checkpoint_and_exit(self, runner) -> None:
+        iteration = runner.iter + 1
+        meta = dict(epoch=runner.epoch, iter=iteration)
+        if isinstance(runner.train_loop, EpochBasedTrainLoop):
+            meta['inner_iter'] = iteration - self._epoch_start_iter
+        hooks = [h for h in runner.hooks if isinstance(h, CheckpointHook)]
+        out_dir = (hooks[0].out_dir if hooks and hooks[0].out_dir else runner.work_dir)
+        if hooks:
+            backend_args = hooks[0].backend_args
+        else:
+            backend_args = dict(backend=ATOMIC_BACKEND) if _is_local(out_dir) else None
+        filename = PREEMPTED_TMPL.format(iteration)
+        path = get_file_backend(out_dir, backend_args=backend_args).join_path(out_dir, filename)
+        runner.save_checkpoint(out_dir, filename, meta=meta, backend_args=backend_args)
+        if is_main_process():
+            if _is_local(path):
+                atomic_write(osp.join(runner.work_dir, POINTER), path.encode())
+            else:
+                with open(osp.join(runner.work_dir, POINTER), 'w') as f:
+                    f.write(path)
+        barrier()  # no rank exits (and makes srun kill the others) before the checkpoint is durable
+        reason = self._signal.name if self._signal is not None else 'a stop signal on another rank'
+        runner.logger.warning(f'{reason}: stopped after iteration {iteration}, saved {path}; exiting with status '
+                              f'{PREEMPTED_EXIT_STATUS} (resume with --resume).')
+        self._restore_signal_handlers()
+        raise SystemExit(PREEMPTED_EXIT_STATUS)
+
+
+def _non_finite_losses(outputs) -> dict:
+    """The loss entries of a train step's outputs that are NaN or Inf."""
+    bad = {}
+    if not isinstance(outputs, dict):
+        return bad
+    for key, value in outputs.items():
+        if 'loss' not in key:
+            continue
+        value = torch.as_tensor(value.detach() if torch.is_tensor(value) else value)
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            bad[key] = value.float().mean().item() if value.numel() > 1 else value.item()
+    return bad

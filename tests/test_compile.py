@@ -1,0 +1,233 @@
+"""torch.compile: the CPU kernels are custom ops that dynamo records as calls and inductor calls (no graph breaks),
+numerics equal eager; exporters still get plain ops; the compile configs train and infer like eager. Tiny models:
+compiling is slow on small CPUs.
+
+``dynamic=False`` throughout, as the README advises: a new input size recompiles. torch 2.14's automatic dynamic
+shapes (the default after a second size) fail inside inductor on ConvNeXt's channels-last views."""
+import copy
+import os
+import types
+
+import pytest
+import torch
+import torch._dynamo
+from torch.profiler import ProfilerActivity, profile
+
+from convnext_backbone import ConvNeXt
+from convnext_backbone.cpu_kernels import ONEDNN
+from reference_convnext import randomize_
+
+pytestmark = pytest.mark.skipif(not ONEDNN, reason='this torch build has no oneDNN fused linear (no kernels)')
+
+TINY = dict(depths=[1, 1], channels=[8, 16])
+BLOCKS = sum(TINY['depths'])
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _model(**kwargs):
+    torch.manual_seed(0)
+    # drop path 1e-9 is active (the unfused-residual path in every block but the first) yet keeps every path
+    return randomize_(ConvNeXt(TINY, out_indices=(0, 1), drop_path_rate=1e-9, **kwargs))
+
+
+def _step(model, x):
+    """One forward + backward; the outputs and gradients (by parameter name, without torch.compile's prefix)."""
+    outs = model(x)
+    loss = sum((o * (i + 1)).mean() for i, o in enumerate(outs))
+    model.zero_grad()
+    loss.backward()
+    return ([o.detach() for o in outs],
+            {n.removeprefix('_orig_mod.'): p.grad.clone() for n, p in model.named_parameters()})
+
+
+def _op_calls(fn):
+    """Run ``fn``; how often each ``convnext::`` custom op was called, counted by the profiler (compiled code
+    calls them through the dispatcher like eager code)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        result = fn()
+    return result, {e.key: e.count for e in prof.key_averages() if e.key.startswith('convnext::')}
+
+
+def _assert_close(a, b, what):
+    assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item()), what
+
+
+@pytest.fixture(scope='module')
+def training():
+    """A tiny backbone, its eager training step and the compiled one's (second call: after compiling)."""
+    model = _model().train()
+    x = torch.randn(2, 3, 64, 64)
+    eager = _step(model, x)
+    compiled = torch.compile(model, dynamic=False)
+    _step(compiled, x)
+    result, calls = _op_calls(lambda: _step(compiled, x))
+    return dict(model=model, compiled=compiled, x=x, eager=eager, result=result, calls=calls)
+
+
+def test_compiled_training_calls_the_kernels(training):
+    """Forward and backward kernels are inductor-called custom ops; traced into plain ops they would be absent."""
+    assert training['calls'] == {'convnext::dwconv': BLOCKS, 'convnext::mlp': BLOCKS,
+                                 'convnext::dwconv_weight_grad': BLOCKS, 'convnext::mlp_backward': BLOCKS}
+
+
+def test_compiled_training_equals_eager(training):
+    (outs_e, grads_e), (outs_c, grads_c) = training['eager'], training['result']
+    for a, b in zip(outs_c, outs_e):
+        _assert_close(a, b, 'output')
+    assert grads_c.keys() == grads_e.keys()
+    for name, g in grads_e.items():
+        _assert_close(grads_c[name], g, name)
+
+
+def test_no_graph_breaks_training_and_inference(training):
+    model, x = training['model'], training['x']
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+    model.eval()
+    try:
+        with torch.no_grad():
+            explained = torch._dynamo.explain(model)(x)
+    finally:
+        model.train()
+    assert explained.graph_break_count == 0 and explained.graph_count == 1
+
+
+def test_compiled_training_second_input_size(training):
+    """A new size recompiles and still calls the kernels."""
+    model, compiled = training['model'], training['compiled']
+    x = torch.randn(1, 3, 96, 128)
+    outs_e, grads_e = _step(model, x)
+    _step(compiled, x)  # recompiles (outside the profiler: tracing would count fake calls)
+    (outs_c, grads_c), calls = _op_calls(lambda: _step(compiled, x))
+    assert calls['convnext::mlp'] == calls['convnext::mlp_backward'] == BLOCKS
+    for a, b in zip(outs_c, outs_e):
+        _assert_close(a, b, 'output')
+    for name, g in grads_e.items():
+        _assert_close(grads_c[name], g, name)
+
+
+@pytest.mark.parametrize('options', [None, {'freezing': True}], ids=['default', 'freezing'])
+def test_compiled_inference_calls_the_kernels_and_equals_eager(options):
+    model = _model().eval()
+    compiled = torch.compile(model, dynamic=False, options=options)
+    with torch.no_grad():
+        for size in ((64, 64), (96, 128))[:2 if options else 1]:  # a second size recompiles
+            x = torch.randn(1, 3, *size)
+            compiled(x)  # compiles (outside the profiler: tracing would count fake calls)
+            outs, calls = _op_calls(lambda: compiled(x))
+            # linear + GELU and linear + residual per block; the depthwise conv is inductor's (no grad)
+            assert calls == {'convnext::linear': 2 * BLOCKS}
+            for a, b in zip(outs, model(x)):
+                _assert_close(a, b, 'output')
+
+
+def test_compiled_with_cp_trains_equal_to_eager():
+    model = _model(with_cp=True).train()
+    x = torch.randn(2, 3, 64, 64)
+    outs_e, grads_e = _step(model, x)
+    outs_c, grads_c = _step(torch.compile(model, dynamic=False), x)
+    for a, b in zip(outs_c, outs_e):
+        _assert_close(a, b, 'output')
+    for name, g in grads_e.items():
+        _assert_close(grads_c[name], g, name)
+
+
+def test_exporters_get_plain_ops():
+    """Deployment graphs (torch.export, jit.trace) hold portable aten ops, never our custom ops."""
+    model = _model().eval()
+    x = torch.randn(1, 3, 64, 64)
+    exported = torch.export.export(model, (x,))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == 'call_function'}
+    assert 'aten.linear.default' in targets or 'aten.addmm.default' in targets or 'aten.mm.default' in targets
+    assert not any('convnext' in t for t in targets), targets
+    for a, b in zip(exported.module()(x), model(x)):
+        _assert_close(a, b, 'export output')
+    with torch.no_grad():
+        traced = torch.jit.trace(model, x)
+    assert 'convnext::' not in str(traced.inlined_graph)
+    assert 'aten::linear' in str(traced.inlined_graph)
+
+
+@pytest.mark.parametrize('name', ['mask_rcnn_convnext_t_3x_compile', 'upernet_convnext_t_512_160k_ade20k_compile'])
+def test_compile_configs_train_and_infer_like_eager(name):
+    """The configs' CompileBackboneHook compiles the backbone in place; a training step (losses, updated
+    weights) and inference equal the same model uncompiled."""
+    import test_detection
+    import test_segmentation
+    from convnext_backbone.tools.common import adapt_to_machine, load_config, revert_sync_bn
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import HOOKS, MODELS, init_default_scope
+    cfg = load_config(os.path.join(ROOT, 'configs', 'compile', name + '.py'))
+    if cfg.default_scope == 'mmdet':
+        test_detection._shrink(cfg)
+        make_batch = test_detection._random_batch
+    else:
+        test_segmentation.shrink(cfg)
+        make_batch = test_segmentation.random_batch
+    adapt_to_machine(cfg)
+    revert_sync_bn(cfg.model)
+    init_default_scope(cfg.default_scope)
+    torch.manual_seed(0)
+    batch = make_batch()
+    eager = MODELS.build(cfg.model)
+    eager.init_weights()
+    compiled = copy.deepcopy(eager)
+    for hook in cfg.custom_hooks:
+        HOOKS.build(hook).before_run(types.SimpleNamespace(model=compiled))
+    assert compiled.backbone._compiled_call_impl is not None and eager.backbone._compiled_call_impl is None
+    with torch.no_grad():
+        data = eager.data_preprocessor(copy.deepcopy(batch), False)
+        for a, b in zip(compiled.eval().extract_feat(data['inputs']), eager.eval().extract_feat(data['inputs'])):
+            _assert_close(a, b, 'features before the step')
+    results = []
+    # inductor draws drop-path masks with its own generator unless it falls back to torch's
+    with torch._inductor.config.patch(fallback_random=True):
+        for model in (eager, compiled):
+            model.train()
+            optim_wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
+            torch.manual_seed(1)
+            log_vars = model.train_step(copy.deepcopy(batch), optim_wrapper)
+            model.eval()
+            with torch.no_grad():
+                data = model.data_preprocessor(copy.deepcopy(batch), False)
+                feats = model.extract_feat(data['inputs'])
+                preds = model.test_step(copy.deepcopy(batch))
+            results.append((log_vars, feats, preds))
+    (logs_e, feats_e, preds_e), (logs_c, feats_c, preds_c) = results
+    assert logs_e.keys() == logs_c.keys()
+    for key, value in logs_e.items():
+        assert torch.isfinite(torch.as_tensor(value)).all(), key
+        _assert_close(torch.as_tensor(logs_c[key]), torch.as_tensor(value), key)
+    for a, b in zip(feats_c, feats_e):
+        # AdamW's first step moves every weight by about +-lr whatever its gradient's size: float rounding that
+        # flips a near-zero gradient's sign moves the weight 2 lr the other way (lr 1e-4 here)
+        assert torch.isfinite(a).all()
+        assert (a - b).abs().max() <= 2e-3 * max(1.0, b.abs().max().item()), 'features after the step'
+    if cfg.default_scope == 'mmseg':
+        for a, b in zip(preds_c, preds_e):
+            _assert_close(a.seg_logits.data, b.seg_logits.data, 'seg logits')
+    else:
+        for a in preds_c:
+            assert torch.isfinite(a.pred_instances.bboxes).all() and torch.isfinite(a.pred_instances.scores).all()
+
+
+def test_custom_ops_pass_opcheck():
+    """Schemas, fake implementations (shapes and strides dynamo traces with) and autograd registrations agree
+    with the real kernels (torch.library.opcheck)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3, 8, requires_grad=True)
+    w1, b1 = torch.randn(32, 8, requires_grad=True), torch.randn(32, requires_grad=True)
+    w2, b2 = torch.randn(8, 32, requires_grad=True), torch.randn(8, requires_grad=True)
+    other = torch.randn(2, 5, 3, 8, requires_grad=True)
+    ops = torch.ops.convnext
+    cases = [(ops.linear, (x, w1, b1)), (ops.linear, (x.detach(), w1.detach(), b1.detach(), None, True)),
+             (ops.linear, (other, w2.t().contiguous(), b1, torch.randn(2, 5, 3, 32))),
+             (ops.mlp, (x, w1, b1, w2, b2, other, True)), (ops.mlp, (x, w1, b1, w2, b2, None, False)),
+             (ops.mlp_backward, (other.detach(), x.detach(), w1.detach(), torch.randn(2, 5, 3, 32), w2.detach(),
+                                 torch.empty(0), [True, False, True, True, False])),
+             (ops.dwconv, (torch.randn(2, 3, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(),
+                           torch.randn(3, 1, 7, 7, requires_grad=True), torch.randn(3, requires_grad=True))),
+             (ops.dwconv_weight_grad, (torch.randn(2, 3, 6, 5), torch.randn(2, 3, 6, 5), 7))]
+    for op, args in cases:
+        torch.library.opcheck(op.default, args)
+    with pytest.raises(RuntimeError, match='inference-only'):  # linear + GELU keeps no pre-activation
+        ops.linear(x, w1, b1, None, True).sum().backward()

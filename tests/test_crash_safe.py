@@ -1,0 +1,313 @@
+"""Crash-safe training (convnext_backbone/crash_safe.py): real SIGKILLs at named and random moments, SIGTERM /
+SIGUSR1 preemption (one process and two under tools/dist_train.sh), torn checkpoints, a NaN loss, and
+tools/slurm_train.sh's requeue. Every interrupted run is resumed with `tools/train.py --resume` and its final
+weights are compared bit for bit with one uninterrupted run (the CPU kernels used here are deterministic with
+one thread, so no tolerance is needed)."""
+import glob
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from test_detection import ROOT, _tiny_config, coco  # noqa: F401  (coco: the synthetic data fixture)
+
+from convnext_backbone.crash_safe import (PREEMPTED_EXIT_STATUS, TEST_KILL_ENV, CheckpointProblem,
+                                          ResumeError, check_checkpoint, find_resume_checkpoint)
+from convnext_backbone.tools import train as train_tool
+
+TRAIN = os.path.join(ROOT, 'tools', 'train.py')
+EPOCHS, ITERS_PER_EPOCH = 3, 4  # 8 images, batch 2
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable,
+           PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+LOG_LINE = re.compile(r'Epoch\(train\)\s+\[\d+\]\[\s*\d+/\d+\]')
+
+
+@pytest.fixture(scope='module')
+def config(tmp_path_factory, coco):  # noqa: F811
+    """test_detection's tiny Mask R-CNN with 16-channel neck and heads (0.2 s an iteration): 3 epochs of 4
+    iterations, drop path on (the RNG state must carry over), one checkpoint kept (max_keep_ckpts=1)."""
+    directory = tmp_path_factory.mktemp('crash_cfg')
+    _tiny_config(directory, coco, epochs=EPOCHS, drop_path=0.1)
+    path = directory / 'crash.py'
+    path.write_text("""_base_ = './tiny.py'
+model = dict(
+    neck=dict(out_channels=16),
+    rpn_head=dict(in_channels=16, feat_channels=16),
+    roi_head=dict(bbox_roi_extractor=dict(out_channels=16), bbox_head=dict(in_channels=16, fc_out_channels=32),
+                  mask_roi_extractor=dict(out_channels=16),
+                  mask_head=dict(in_channels=16, conv_out_channels=16, num_convs=1)),
+    train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100), rcnn=dict(sampler=dict(num=64))))
+default_hooks = dict(checkpoint=dict(max_keep_ckpts=1))
+""")
+    return str(path)
+
+
+def _command(config, work_dir, *args):
+    return [sys.executable, TRAIN, config, '--work-dir', str(work_dir), *args]
+
+
+def _train(config, work_dir, *args, kill_at=None, timeout=600):
+    env = dict(ENV, **({TEST_KILL_ENV: kill_at} if kill_at else {}))
+    return subprocess.run(_command(config, work_dir, *args), env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _signal_after(config, work_dir, *args, lines: int, sig=signal.SIGKILL, delay=0.0, cmd=None, target=None,
+                  env=ENV):
+    """Start a run, send ``sig`` ``delay`` s after its ``lines``-th training log line; returns (returncode,
+    output). ``target(proc)`` picks the pid to signal (default the process itself)."""
+    proc = subprocess.Popen(cmd or _command(config, work_dir, *args), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    output, seen = [], 0
+    for line in proc.stdout:
+        output.append(line)
+        seen += bool(LOG_LINE.search(line))
+        if seen == lines:
+            time.sleep(delay)
+            os.kill(target(proc) if target else proc.pid, sig)
+            break
+    output.append(proc.stdout.read())
+    return proc.wait(timeout=600), ''.join(output)
+
+
+def _final_weights(work_dir):
+    return torch.load(os.path.join(work_dir, f'epoch_{EPOCHS}.pth'), map_location='cpu', weights_only=True)
+
+
+def _assert_same_weights(work_dir, reference):
+    final = _final_weights(work_dir)
+    assert final['meta']['iter'] == EPOCHS * ITERS_PER_EPOCH
+    state, expected = final['state_dict'], reference['state_dict']
+    assert state.keys() == expected.keys()
+    different = [k for k in state if not torch.equal(state[k], expected[k])]
+    assert not different, different
+
+
+def _ok(out):
+    return out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+
+
+@pytest.fixture(scope='module')
+def reference(config, tmp_path_factory):
+    """The uninterrupted run every interrupted one must equal."""
+    work_dir = tmp_path_factory.mktemp('reference')
+    out = _train(config, work_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return _final_weights(work_dir)
+
+
+def test_sigkill_at_each_point_of_saving_then_resume_equals_uninterrupted(config, reference, tmp_path):
+    work_dir = str(tmp_path)
+    pointer = os.path.join(work_dir, 'last_checkpoint')
+    # killed while epoch_2.pth was being written (max_keep_ckpts=1: mmengine had already removed epoch_1.pth)
+    out = _train(config, work_dir, kill_at='mid_write:2')
+    assert out.returncode == -signal.SIGKILL, _ok(out)
+    assert open(pointer).read() == os.path.join(work_dir, 'epoch_1.pth')
+    assert check_checkpoint(os.path.join(work_dir, 'epoch_1.pth'))['iter'] == ITERS_PER_EPOCH
+    assert not os.path.exists(os.path.join(work_dir, 'epoch_2.pth'))
+    partial = glob.glob(os.path.join(work_dir, '.epoch_2.pth.tmp-*'))
+    assert len(partial) == 1 and 0 < os.path.getsize(partial[0])
+    # resumed, then killed after epoch_2.pth and last_checkpoint were durable, before epoch_1.pth was removed
+    out = _train(config, work_dir, '--resume', kill_at='before_remove')
+    assert out.returncode == -signal.SIGKILL, _ok(out)
+    assert open(pointer).read() == os.path.join(work_dir, 'epoch_2.pth')
+    assert check_checkpoint(os.path.join(work_dir, 'epoch_2.pth'))['iter'] == 2 * ITERS_PER_EPOCH
+    assert os.path.exists(os.path.join(work_dir, 'epoch_1.pth')) and not os.path.exists(partial[0])  # cleaned up
+    # resumed, then killed with epoch_3.pth renamed into place but last_checkpoint not yet updated
+    out = _train(config, work_dir, '--resume', kill_at='before_pointer')
+    assert out.returncode == -signal.SIGKILL, _ok(out)
+    assert open(pointer).read() == os.path.join(work_dir, 'epoch_2.pth')  # still intact: resumed from, epoch 3 redone
+    assert check_checkpoint(os.path.join(work_dir, 'epoch_3.pth'))['iter'] == 3 * ITERS_PER_EPOCH
+    assert not os.path.exists(os.path.join(work_dir, 'epoch_1.pth'))  # epoch_2.pth superseded it: removed on resume
+    out = _train(config, work_dir, '--resume')
+    assert _ok(out)[0], _ok(out)
+    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(work_dir, '*.pth'))) == ['epoch_3.pth']
+    _assert_same_weights(work_dir, reference)
+
+
+@pytest.mark.parametrize('seed', [0, 1])
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(config, reference, tmp_path, seed):
+    rng = random.Random(seed)
+    work_dir = str(tmp_path)
+    # a random moment: any iteration but the last, anywhere in it (forward, backward, logging, saving)
+    returncode, output = _signal_after(config, work_dir, lines=rng.randint(1, EPOCHS * ITERS_PER_EPOCH - 1),
+                                       delay=rng.uniform(0, 0.3))
+    assert returncode == -signal.SIGKILL, output[-3000:]
+    out = _train(config, work_dir, '--resume')
+    assert _ok(out)[0], _ok(out)
+    _assert_same_weights(work_dir, reference)
+
+
+def test_sigterm_mid_epoch_checkpoints_that_iteration_and_resume_continues_the_data_order(config, reference,
+                                                                                          tmp_path):
+    work_dir = str(tmp_path)
+    returncode, output = _signal_after(config, work_dir, lines=ITERS_PER_EPOCH + 1, sig=signal.SIGTERM)
+    assert returncode == PREEMPTED_EXIT_STATUS, output[-3000:]
+    stopped = int(re.search(r'SIGTERM: stopped after iteration (\d+)', output).group(1))
+    assert ITERS_PER_EPOCH + 1 <= stopped < 2 * ITERS_PER_EPOCH, output[-3000:]  # within the second epoch
+    path = os.path.join(work_dir, f'preempted_iter_{stopped}.pth')
+    assert open(os.path.join(work_dir, 'last_checkpoint')).read() == path
+    meta = check_checkpoint(path)
+    assert (meta['iter'], meta['epoch'], meta['inner_iter']) == (stopped, 1, stopped - ITERS_PER_EPOCH)
+    out = _train(config, work_dir, '--resume')
+    assert _ok(out)[0], _ok(out)
+    assert f'Resuming epoch 2 after its first {stopped - ITERS_PER_EPOCH} batches' in out.stdout + out.stderr
+    assert not os.path.exists(path)  # a later regular checkpoint replaced it
+    _assert_same_weights(work_dir, reference)  # the same batches, in the same order, with the same randomness
+
+
+def _children(pid):
+    out = subprocess.run(['ps', '-o', 'pid=', '--ppid', str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _rank_pid(agent, rank):
+    """The pid of one worker of a torchrun agent (read from its environment)."""
+    for _ in range(100):
+        for pid in _children(agent.pid):
+            try:
+                env = open(f'/proc/{pid}/environ', 'rb').read().split(b'\0')
+            except OSError:
+                continue
+            if f'RANK={rank}'.encode() in env:
+                return pid
+        time.sleep(0.1)
+    raise AssertionError(f'no worker with RANK={rank} under {agent.pid}')
+
+
+def test_sigusr1_to_one_rank_stops_every_rank_at_the_same_iteration(config, tmp_path):
+    work_dir = str(tmp_path)
+    dist = ['bash', os.path.join(ROOT, 'tools', 'dist_train.sh'), config, '2', '--work-dir', work_dir,
+            '--cfg-options', 'train_cfg.max_epochs=2']  # 2 iterations per epoch with 2 processes
+    returncode, output = _signal_after(config, work_dir, lines=1, sig=signal.SIGUSR1, cmd=dist,
+                                       target=lambda proc: _rank_pid(proc, 1), env=dict(ENV, PORT='29537'))
+    # rank 0 never got the signal: it stops because rank 1 asked, after the same iteration
+    stopped = int(re.search(r'a stop signal on another rank: stopped after iteration (\d+)', output).group(1))
+    assert stopped in (1, 2, 3), output[-3000:]
+    # both workers exit with the preemption status (torchrun itself reports the failure with status 1)
+    statuses = dict(re.findall(r'rank\s+: (\d) \(local_rank: \d\)\s+exitcode\s+: (\d+)', output))
+    assert returncode == 1 and statuses == {'0': '75', '1': '75'}, output[-3000:]
+    assert check_checkpoint(os.path.join(work_dir, f'preempted_iter_{stopped}.pth'))['iter'] == stopped
+    out = subprocess.run(dist + ['--resume'], env=dict(ENV, PORT='29538'), capture_output=True, text=True,
+                         timeout=600)
+    assert _ok(out)[0], _ok(out)
+    assert check_checkpoint(os.path.join(work_dir, 'epoch_2.pth'))['iter'] == 4
+
+
+# --- torn checkpoints ----------------------------------------------------------------------------------------
+
+def _fake_checkpoint(path, iteration, **drop):
+    state = dict(state_dict={'w': torch.full((4,), float(iteration))}, meta=dict(iter=iteration, epoch=iteration),
+                 optimizer={'state': {}})
+    for key in drop:
+        state.pop(key)
+    torch.save(state, path)
+    return str(path)
+
+
+def _tear(path, how):
+    data = open(path, 'rb').read()
+    with open(path, 'wb') as f:
+        f.write({'truncated': data[:len(data) // 2], 'empty': b'', 'garbage': os.urandom(len(data))}[how])
+
+
+@pytest.mark.parametrize('how', ['truncated', 'empty', 'garbage'])
+def test_auto_resume_falls_back_from_a_torn_latest_checkpoint(tmp_path, how):
+    older = _fake_checkpoint(tmp_path / 'epoch_1.pth', 4)
+    newest = _fake_checkpoint(tmp_path / 'epoch_2.pth', 8)
+    _fake_checkpoint(tmp_path / 'weights_only.pth', 99, optimizer=None)  # newer, but not resumable
+    (tmp_path / 'last_checkpoint').write_text(newest)
+    assert find_resume_checkpoint(str(tmp_path)) == (newest, None)
+    _tear(newest, how)
+    with pytest.raises(CheckpointProblem):
+        check_checkpoint(newest)
+    path, warning = find_resume_checkpoint(str(tmp_path))
+    assert path == older and newest in warning and older in warning
+    # nothing intact: an error listing what was found, not a silent start from scratch
+    _tear(older, how)
+    with pytest.raises(ResumeError, match='no intact checkpoint') as error:
+        find_resume_checkpoint(str(tmp_path))
+    assert older in str(error.value) and newest in str(error.value) and 'weights_only.pth' in str(error.value)
+    # a missing file named by last_checkpoint, the newest intact one used instead
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'epoch_3.pth'))
+    good = _fake_checkpoint(tmp_path / 'epoch_1.pth', 4)
+    path, warning = find_resume_checkpoint(str(tmp_path))
+    assert path == good and 'epoch_3.pth, which does not exist' in warning
+
+
+def test_train_resume_falls_back_and_explicit_resume_errors_clearly(config, reference, tmp_path):
+    work_dir = str(tmp_path)
+    torch.save(reference, os.path.join(work_dir, f'epoch_{EPOCHS}.pth'))  # the finished run's last checkpoint
+    torn = os.path.join(work_dir, f'epoch_{EPOCHS + 1}.pth')
+    torch.save(reference, torn)
+    _tear(torn, 'truncated')
+    (tmp_path / 'last_checkpoint').write_text(torn)
+    runner = train_tool.main([config, '--work-dir', work_dir, '--resume'])  # nothing left to train
+    assert runner.iter == EPOCHS * ITERS_PER_EPOCH
+    log = open(glob.glob(os.path.join(work_dir, '*', '*.log'))[0]).read()
+    assert f'last_checkpoint names {torn}, which is not a complete torch checkpoint' in log, log[-3000:]
+    assert f'resuming from {work_dir}/epoch_{EPOCHS}.pth instead' in log
+    # an explicit path: the command line ends with one line naming the file (sys.exit(message): status 1)
+    with pytest.raises(SystemExit) as exit_:
+        train_tool.cli([config, '--work-dir', work_dir, '--resume', torn])
+    assert exit_.value.code.startswith(f'ResumeError: Cannot resume from {torn}: it is not a complete torch '
+                                       'checkpoint'), exit_.value.code
+
+
+# --- NaN loss ------------------------------------------------------------------------------------------------
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(config, tmp_path):
+    import crash_safe_poison  # noqa: F401  (registers PoisonMaskHeadHook)
+    from convnext_backbone.crash_safe import NonFiniteLossError
+    poisoned = tmp_path / 'poisoned.py'
+    poisoned.write_text(f'_base_ = {config!r}\ncustom_hooks = [dict(type="PoisonMaskHeadHook", iteration=6)]\n')
+    work_dir = str(tmp_path / 'work')
+    with pytest.raises(NonFiniteLossError, match='Non-finite loss at iteration 6 .epoch 2.: loss=nan'):
+        train_tool.main([str(poisoned), '--work-dir', work_dir])
+    assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(work_dir, '*.pth'))) == ['epoch_1.pth']
+    assert open(os.path.join(work_dir, 'last_checkpoint')).read().endswith('epoch_1.pth')
+    checkpoint = torch.load(os.path.join(work_dir, 'epoch_1.pth'), weights_only=True)
+    assert checkpoint['meta']['iter'] == ITERS_PER_EPOCH
+    assert all(torch.isfinite(v).all() for v in checkpoint['state_dict'].values() if v.is_floating_point())
+
+
+# --- SLURM ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('status,job_id,restarts', [(75, '42', None), (75, None, None), (0, '42', '1'),
+                                                     (1, '42', None)])
+def test_slurm_train_requeues_a_preempted_job_and_resumes_a_requeued_one(tmp_path, status, job_id, restarts):
+    # srun and scontrol stand-ins that record their arguments (no Slurm on this machine)
+    for name in ('srun', 'scontrol'):
+        stub = tmp_path / name
+        stub.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/{name}.calls\nexit ${{STUB_{name.upper()}_STATUS:-0}}\n')
+        stub.chmod(0o755)
+    env = dict(os.environ, PATH=f'{tmp_path}:{os.environ["PATH"]}', STUB_SRUN_STATUS=str(status))
+    env.pop('SLURM_JOB_ID', None), env.pop('SLURM_RESTART_COUNT', None)
+    env.update({k: v for k, v in (('SLURM_JOB_ID', job_id), ('SLURM_RESTART_COUNT', restarts)) if v})
+    out = subprocess.run(['bash', os.path.join(ROOT, 'tools', 'slurm_train.sh'), 'part', 'job', 'cfg.py', 'wd',
+                          '--amp'], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == status, out.stderr
+    srun_args = (tmp_path / 'srun.calls').read_text().strip()
+    expected = 'train.py cfg.py --work-dir=wd --launcher slurm --amp' + (' --resume' if restarts else '')
+    assert srun_args.endswith(expected), srun_args
+    requeued = (tmp_path / 'scontrol.calls').read_text().split() if (tmp_path / 'scontrol.calls').exists() else []
+    assert requeued == (['requeue', job_id] if status == PREEMPTED_EXIT_STATUS and job_id else [])
+    if status == PREEMPTED_EXIT_STATUS and not job_id:
+        assert 'run again with --resume' in out.stderr
+
+
+def test_local_checkpoint_hooks_become_durable_object_stores_keep_mmengine_behaviour(tmp_path):
+    from mmengine.hooks import CheckpointHook
+    from convnext_backbone.crash_safe import ATOMIC_BACKEND, make_durable
+    local, s3 = CheckpointHook(interval=1), CheckpointHook(interval=1, out_dir='s3://bucket/checkpoints')
+    petrel = CheckpointHook(interval=1, backend_args=dict(backend='petrel'))
+    assert make_durable(local, str(tmp_path)) and local.backend_args == dict(backend=ATOMIC_BACKEND)
+    assert not make_durable(s3, str(tmp_path)) and s3.backend_args is None
+    assert not make_durable(petrel, str(tmp_path)) and petrel.backend_args == dict(backend='petrel')
+    assert '_save_checkpoint_with_step' in vars(local) and '_save_checkpoint_with_step' not in vars(s3)

@@ -1,0 +1,371 @@
+"""Deployable and precision-safe.
+
+- The fused CPU kernels run in eager CPU inference and step aside for every tracer / exporter, per thread.
+- V1 and V2 (tiny archs) through torch.jit.trace, the TorchScript ONNX exporter (opset 17, dynamic batch / height /
+  width), torch.export.export and the dynamo ONNX exporter; ONNX Runtime equals PyTorch at a second input size.
+- tools/export.py end to end on a shrunk UperNet (image -> logits) and a shrunk Mask R-CNN (backbone, neck, RPN).
+- fp16 / bf16: CPU autocast forward and training step, model.half() / .bfloat16() inference, activations that
+  overflow the hand-written fp16 LayerNorm and GRN.
+"""
+import copy
+import os
+import re
+import threading
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn as nn
+
+from convnext_backbone import ConvNeXt, cpu_kernels
+from convnext_backbone.convnext import GRN, LayerNorm2d
+from convnext_backbone.tools import export as export_tool
+from convnext_backbone.tools.common import build_model_from_config, dummy_batch, load_config
+from reference_convnext import OfficialConvNeXt, OfficialGRN, OfficialLayerNorm, randomize_
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32])
+NUM_BLOCKS = sum(TINY['depths'])
+EXPORT_INPUT = (2, 3, 64, 64)
+SECOND_INPUT = (1, 3, 96, 160)  # another batch, height and width: exercises the dynamic shapes
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Tiny models: a second intra-op thread gains nothing and stalls at OpenMP barriers on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(version: str, **kwargs) -> ConvNeXt:
+    """V1 (layer scale) or V2 (GRN, no layer scale), every parameter non-trivial."""
+    v2 = version == 'v2'
+    return randomize_(ConvNeXt(TINY, use_grn=v2, layer_scale_init_value=0.0 if v2 else 1e-6, **kwargs))
+
+
+def official(version: str) -> OfficialConvNeXt:
+    v2 = version == 'v2'
+    return OfficialConvNeXt(depths=TINY['depths'], dims=TINY['channels'], use_grn=v2,
+                            layer_scale_init_value=0.0 if v2 else 1e-6)
+
+
+@pytest.fixture(scope='module', params=['v1', 'v2'])
+def model(request):
+    return tiny(request.param).eval()
+
+
+def inputs(shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def max_diff(outputs, expected) -> float:
+    assert len(outputs) == len(expected)
+    for a, b in zip(outputs, expected):
+        assert tuple(a.shape) == tuple(b.shape)
+    return max((torch.as_tensor(a) - b).abs().max().item() for a, b in zip(outputs, expected))
+
+
+def eager(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+# --- the CPU kernels' gate ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """The threads that ran each call of cpu_kernels.block_forward (the fused path) during the test."""
+    calls = []
+    original = cpu_kernels.block_forward
+
+    def counted(block, x):
+        calls.append(threading.get_ident())
+        return original(block, x)
+
+    monkeypatch.setattr(cpu_kernels, 'block_forward', counted)
+    return calls
+
+
+@pytest.mark.skipif(not cpu_kernels.ONEDNN, reason='this torch build has no oneDNN fused linear')
+def test_fused_kernels_run_in_eager_inference_and_never_while_tracing(model, fused_calls, tmp_path):
+    x = inputs(EXPORT_INPUT)
+    eager(model, x)
+    assert len(fused_calls) == NUM_BLOCKS  # every block took the fused path
+    routes = {
+        'jit.trace': lambda: torch.jit.trace(model, x, check_trace=False),  # the check would re-run eagerly
+        'onnx (TorchScript)': lambda: torch.onnx.export(model, (x,), str(tmp_path / 'm.onnx'), dynamo=False,
+                                                        opset_version=17),
+        'torch.export': lambda: torch.export.export(model, (x,)),
+        'fx.symbolic_trace': lambda: torch.fx.symbolic_trace(model),
+        'FlopCounterMode (a dispatch mode)': lambda: eager_under(torch.utils.flop_counter.FlopCounterMode(
+            display=False), model, x),
+        'plain_ops()': lambda: eager_under(cpu_kernels.plain_ops(), model, x),
+        'CPU autocast': lambda: eager_under(torch.autocast('cpu', dtype=torch.bfloat16), model, x),
+    }
+    for route, run in routes.items():
+        fused_calls.clear()
+        with torch.no_grad():
+            run()
+        assert not fused_calls, f'{route} ran the fused CPU kernels'
+
+
+def eager_under(context, model, x):
+    with context:
+        return model(x)
+
+
+@pytest.mark.skipif(not cpu_kernels.ONEDNN, reason='this torch build has no oneDNN fused linear')
+def test_gate_is_what_keeps_the_kernels_out_of_traces(monkeypatch):
+    """Without the tracing check the fused kernels reach the tracer: the graph then holds our custom ops
+    (convnext::*), which no exporter or runtime knows. With it, plain aten ops only."""
+    model, x = tiny('v1').eval(), inputs(EXPORT_INPUT)
+    assert 'convnext::' not in str(torch.jit.trace(model, x).inlined_graph)
+    monkeypatch.setattr(cpu_kernels, 'tracing', lambda: False)
+    assert 'convnext::' in str(torch.jit.trace(model, x, check_trace=False).inlined_graph)
+
+
+@pytest.mark.skipif(not cpu_kernels.ONEDNN, reason='this torch build has no oneDNN fused linear')
+def test_plain_ops_is_per_thread(fused_calls):
+    """A thread inside plain_ops() runs plain ops while another thread, at the same time, keeps the fused path."""
+    model, x = tiny('v1').eval(), inputs(EXPORT_INPUT)
+    inside, done = threading.Event(), threading.Event()
+    worker_ids = []
+
+    def worker():
+        worker_ids.append(threading.get_ident())
+        with cpu_kernels.plain_ops():
+            inside.set()
+            done.wait(60)
+            eager(model, x)  # still inside plain_ops: no fused calls from this thread
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert inside.wait(60)
+    eager(model, x)  # the main thread while the worker is inside plain_ops
+    done.set()
+    thread.join(60)
+    assert fused_calls == [threading.get_ident()] * NUM_BLOCKS
+    assert worker_ids[0] not in fused_calls
+
+
+# --- export routes, V1 and V2 ------------------------------------------------------------------------------
+
+def ort_outputs(path_or_bytes, x):
+    session = ort.InferenceSession(path_or_bytes, providers=['CPUExecutionProvider'])
+    return session.run(None, {session.get_inputs()[0].name: x.numpy()})
+
+
+def assert_portable_and_dynamic(path):
+    """Standard ONNX ops only (no custom domains), and batch / height / width symbolic in the input."""
+    graph = onnx.load(path).graph
+    assert {node.domain for node in graph.node} <= {'', 'ai.onnx'}
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]
+
+
+def test_jit_trace(model):
+    traced = torch.jit.trace(model, inputs(EXPORT_INPUT))
+    x = inputs(SECOND_INPUT, seed=1)
+    assert max_diff(traced(x), eager(model, x)) < 1e-5
+
+
+def test_onnx_torchscript_exporter_dynamic_shapes_in_onnxruntime(model, tmp_path):
+    path = str(tmp_path / 'convnext.onnx')
+    names = [f'out{i}' for i in range(4)]
+    torch.onnx.export(model, (inputs(EXPORT_INPUT),), path, dynamo=False, opset_version=17, input_names=['image'],
+                      output_names=names,
+                      dynamic_axes={n: {0: 'batch', 2: f'{n}_h', 3: f'{n}_w'} for n in ['image', *names]})
+    assert_portable_and_dynamic(path)
+    assert onnx.load(path).opset_import[0].version == 17
+    for shape in (EXPORT_INPUT, SECOND_INPUT):
+        x = inputs(shape, seed=1)
+        assert max_diff(ort_outputs(path, x), eager(model, x)) < 1e-4
+
+
+@pytest.fixture(scope='module')
+def exported_program(model):
+    dim = torch.export.Dim
+    return torch.export.export(model, (inputs(EXPORT_INPUT),), dynamic_shapes={
+        'x': {0: dim('batch'), 2: dim('height', min=64), 3: dim('width', min=64)}})
+
+
+def test_torch_export_dynamic_shapes(model, exported_program):
+    x = inputs(SECOND_INPUT, seed=1)
+    assert max_diff(exported_program.module()(x), eager(model, x)) < 1e-5
+    assert 'mkldnn' not in str(exported_program.graph)
+
+
+def test_onnx_dynamo_exporter_in_onnxruntime(model, exported_program, tmp_path):
+    path = str(tmp_path / 'convnext_dynamo.onnx')
+    torch.onnx.export(exported_program, dynamo=True).save(path)
+    assert_portable_and_dynamic(path)
+    for shape in (EXPORT_INPUT, SECOND_INPUT):
+        x = inputs(shape, seed=1)
+        assert max_diff(ort_outputs(path, x), eager(model, x)) < 1e-4
+
+
+# --- tools/export.py ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('size,out', [((16, 16), 3), ((16, 16), 6), ((7, 10), (3, 4)), ((5, 9), (2, None))])
+def test_exportable_adaptive_avg_pool_equals_torch(size, out):
+    x = inputs((2, 5, *size))
+    assert (export_tool.AdaptiveAvgPool2d(out)(x) - nn.AdaptiveAvgPool2d(out)(x)).abs().max() < 1e-6
+
+
+def shrunk_config(tmp_path, base, overrides):
+    """A config file inheriting a shipped one, with a tiny backbone and narrow heads."""
+    path = tmp_path / 'tiny.py'
+    path.write_text(f'_base_ = {os.path.join(ROOT, "configs", base)!r}\n_ch = {TINY["channels"]!r}\n'
+                    f'model = dict(backbone=dict(arch=dict(_delete_=True, **{TINY!r}), init_cfg=None), {overrides})\n')
+    return str(path)
+
+
+def random_checkpoint(tmp_path, config):
+    """A whole-model checkpoint with non-trivial weights (all norms and layer scales off their init)."""
+    model, _ = build_model_from_config(load_config(config))
+    randomize_(model, seed=3)
+    path = str(tmp_path / 'model.pth')
+    torch.save({'state_dict': model.state_dict()}, path)
+    return path, model
+
+
+def run_export_tool(capsys, *args):
+    worst = export_tool.main(list(args))
+    out = capsys.readouterr().out
+    lines = re.findall(r'input (\d+)x3x(\d+)x(\d+): max abs diff onnxruntime vs pytorch (\S+) .*latency pytorch '
+                       r'([\d.]+) ms, onnxruntime ([\d.]+) ms', out)
+    return worst, out, lines
+
+
+def test_export_tool_segmentor_whole_image_to_logits(tmp_path, capsys):
+    config = shrunk_config(tmp_path, 'segmentation/upernet_convnext_t_512_160k_ade20k.py',
+                           'decode_head=dict(in_channels=_ch, channels=16), '
+                           'auxiliary_head=dict(in_channels=_ch[2], channels=8)')
+    checkpoint, model = random_checkpoint(tmp_path, config)
+    onnx_path = str(tmp_path / 'upernet.onnx')
+    worst, out, lines = run_export_tool(capsys, config, checkpoint, '--out', onnx_path, '--shape', '64', '96',
+                                        '--dynamic', '--repeat', '1')
+    assert worst < 1e-4
+    assert [line[:3] for line in lines] == [('1', '64', '96'), ('2', '96', '160')]  # the second, dynamic size
+    assert all(float(line[4]) > 0 and float(line[5]) > 0 for line in lines)
+    assert 'not exported: auxiliary_head' in out
+    assert_portable_and_dynamic(onnx_path)
+    # the graph is mmseg's own whole-image inference of the checkpoint's model (preprocessing included)
+    batch = dummy_batch('mmseg', (80, 112))
+    data = model.data_preprocessor(batch, False)
+    with torch.no_grad():
+        expected = model.encode_decode(data['inputs'], [dict(img_shape=(80, 112))])
+    got, = ort_outputs(onnx_path, batch['inputs'][0][None].float())
+    assert got.shape == (1, 150, 80, 112) and np.abs(got - expected.numpy()).max() < 1e-4
+
+
+def test_export_tool_detector_backbone_neck_and_rpn(tmp_path, capsys):
+    config = shrunk_config(tmp_path, 'detection/mask_rcnn_convnext_t_3x.py',
+                           'neck=dict(in_channels=_ch, out_channels=16), '
+                           'rpn_head=dict(in_channels=16, feat_channels=16)')
+    checkpoint, model = random_checkpoint(tmp_path, config)
+    onnx_path = str(tmp_path / 'mask_rcnn.onnx')
+    worst, out, lines = run_export_tool(capsys, config, checkpoint, '--out', onnx_path, '--shape', '96', '128',
+                                        '--dynamic', '--repeat', '1')
+    assert worst < 1e-4 and len(lines) == 2
+    assert 'not exported:' in out and 'roi_head' in out
+    assert_portable_and_dynamic(onnx_path)
+    session = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
+    names = [o.name for o in session.get_outputs()]
+    assert names == ([f'feat_{i}' for i in range(5)] + [f'rpn_head_0_{i}' for i in range(5)]
+                     + [f'rpn_head_1_{i}' for i in range(5)])
+    # equal to mmdet's own preprocessing, feature extractor and RPN head on the checkpoint's weights
+    batch = dummy_batch('mmdet', (64, 96))
+    with torch.no_grad():
+        features = model.extract_feat(model.data_preprocessor(batch, False)['inputs'])
+        scores, deltas = model.rpn_head(features)
+    got = session.run(None, {'image': batch['inputs'][0][None].float().numpy()})
+    assert max_diff(got, [*features, *scores, *deltas]) < 1e-4
+
+
+# --- mixed precision ---------------------------------------------------------------------------------------
+
+def loss_and_grads(model, x):
+    model.zero_grad()
+    outputs = model(x)
+    loss = sum((out.float() ** 2).mean() for out in outputs)
+    loss.backward()
+    return outputs, loss.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('version', ['v1', 'v2'])
+def test_cpu_autocast_forward_and_training_step_close_to_float32(version, dtype):
+    """Under autocast the convolutions and linears run in low precision, the norms in float32; outputs, loss and
+    gradients stay finite and near float32, and an optimizer step keeps the weights finite."""
+    model = tiny(version).train()
+    x = inputs((2, 3, 64, 64))
+    outs32, loss32, grads32 = loss_and_grads(model, x)
+    with torch.autocast('cpu', dtype=dtype):
+        outs, loss, grads = loss_and_grads(model, x)
+    tolerance = 1e-2 if dtype == torch.float16 else 5e-2  # bf16 keeps 8 mantissa bits
+    assert max_diff([o.float() for o in outs], outs32) < tolerance * max(o.abs().max() for o in outs32)
+    assert torch.isfinite(loss) and abs(loss - loss32) < tolerance * loss32
+    for name, g32 in grads32.items():
+        g = grads[name]
+        assert torch.isfinite(g).all(), name
+        assert (g - g32).norm() <= tolerance * g32.norm() + 1e-6, name
+    torch.optim.AdamW(model.parameters(), lr=1e-3).step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('version', ['v1', 'v2'])
+def test_half_and_bfloat16_models_infer(version, dtype):
+    model = tiny(version).eval()
+    x = inputs((2, 3, 64, 64))
+    expected = eager(model, x)
+    outputs = eager(copy.deepcopy(model).to(dtype), x.to(dtype))
+    assert all(out.dtype == dtype and torch.isfinite(out).all() for out in outputs)
+    tolerance = 1e-2 if dtype == torch.float16 else 5e-2
+    assert max_diff([o.float() for o in outputs], expected) < tolerance * max(o.abs().max() for o in expected)
+
+
+def test_large_activations_overflow_the_handwritten_fp16_layernorm_not_ours():
+    """Activations of a few thousand: the official channels-first LayerNorm's (x - mean)^2 overflows fp16 (its
+    output collapses to the bias); ours computes in float32 and matches the float32 model."""
+    x = inputs((2, 3, 64, 64)) * 2000
+    ours = tiny('v1').eval()
+    ref = official('v1').eval()
+    ref.load_state_dict(ours.state_dict())
+    expected = eager(ours, x)
+    scale = max(o.abs().max() for o in expected)
+    outputs = eager(copy.deepcopy(ours).half(), x.half())
+    assert all(torch.isfinite(o).all() for o in outputs)
+    assert max_diff([o.float() for o in outputs], expected) < 2e-2 * scale
+    naive = eager(copy.deepcopy(ref).half(), x.half())
+    assert not all(torch.isfinite(o).all() for o in naive) or max_diff([o.float() for o in naive], expected) > scale / 2
+
+    norm, naive_norm = LayerNorm2d(16, eps=1e-6), OfficialLayerNorm(16, eps=1e-6, data_format='channels_first')
+    y = inputs((1, 16, 8, 8)) * 1000
+    assert (copy.deepcopy(norm).half()(y.half()).float() - norm(y)).abs().max() < 1e-2
+    assert (copy.deepcopy(naive_norm).half()(y.half()).float() - naive_norm(y)).abs().max() > 0.5
+
+
+@pytest.mark.parametrize('dtype,autocast', [(torch.float16, False), (torch.float16, True), (torch.bfloat16, False)])
+def test_grn_stays_finite_where_the_naive_fp16_norm_overflows(dtype, autocast):
+    """A 64x64 map of values ~2000: the spatial L2 norm (~1.3e5) exceeds fp16's 65504. The official GRN in fp16
+    divides inf by inf (NaN); ours takes the norm in float32 and equals the float32 GRN to fp16 rounding."""
+    grn, naive = GRN(32), OfficialGRN(32)
+    randomize_(grn)
+    naive.load_state_dict(grn.state_dict())
+    x = (1000 + 1000 * torch.rand(2, 64, 64, 32, generator=torch.Generator().manual_seed(0))).to(dtype)
+    expected = grn(x.float())
+    context = torch.autocast('cpu', dtype=dtype) if autocast else torch.no_grad()
+    with context:
+        got = (grn if autocast else copy.deepcopy(grn).to(dtype))(x)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    assert ((got.float() - expected).abs() / expected.abs()).max() < 1e-2
+    if dtype == torch.float16:
+        assert torch.isinf(torch.norm(x, p=2, dim=(1, 2))).all()  # the naive norm overflows...
+        assert torch.isnan(naive.half()(x)).all()  # ...and poisons the whole output
