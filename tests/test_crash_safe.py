@@ -190,9 +190,12 @@ def test_sigusr1_to_one_rank_stops_every_rank_at_the_same_iteration(config, tmp_
     # rank 0 never got the signal: it stops because rank 1 asked, after the same iteration
     stopped = int(re.search(r'a stop signal on another rank: stopped after iteration (\d+)', output).group(1))
     assert stopped in (1, 2, 3), output[-3000:]
-    # both workers exit with the preemption status (torchrun itself reports the failure with status 1)
-    statuses = dict(re.findall(r'rank\s+: (\d) \(local_rank: \d\)\s+exitcode\s+: (\d+)', output))
-    assert returncode == 1 and statuses == {'0': '75', '1': '75'}, output[-3000:]
+    # the workers exit with the preemption status (torchrun itself reports the failure with status 1). torchrun
+    # ends the whole group when the first worker exits non-zero, so a rank still past the agreed save and on its
+    # way out may be reported as ended by torchrun's SIGTERM (-15) instead: both after the checkpoint was written.
+    statuses = dict(re.findall(r'rank\s+: (\d) \(local_rank: \d\)\s+exitcode\s+: (-?\d+)', output))
+    assert returncode == 1 and '75' in statuses.values(), output[-3000:]
+    assert set(statuses.values()) <= {'75', '-15'}, output[-3000:]
     assert check_checkpoint(os.path.join(work_dir, f'preempted_iter_{stopped}.pth'))['iter'] == stopped
     out = subprocess.run(dist + ['--resume'], env=dict(ENV, PORT='29538'), capture_output=True, text=True,
                          timeout=600)
