@@ -163,7 +163,9 @@ def test_recipe_beyond_the_paper_inherits_the_stock_one(name):
     base, arch, drop_path, num_layers, checkpoint = RECIPES[name]
     cfg, stock = ours(name), load('mmseg::' + base)
     backbone = cfg.model.backbone
-    assert cfg.custom_imports == dict(imports=['convnext_backbone'], allow_failed_imports=False)
+    # the stock config's own import (mmdet.models, for the Mask2Former head's parts) and ours
+    stock_imports = stock.custom_imports['imports']
+    assert cfg.custom_imports == dict(stock.custom_imports, imports=[stock_imports, 'convnext_backbone'])
     assert (backbone.type, backbone.arch, tuple(backbone.out_indices), backbone.drop_path_rate) == (
         'ConvNeXt', arch, (0, 1, 2, 3), drop_path)
     assert backbone.init_cfg == dict(type='Pretrained', checkpoint=URL + checkpoint) and \
@@ -198,7 +200,9 @@ def test_recipe_hyperparameters(name):
     assert backbone.layer_scale_init_value == (0.0 if v2 else 1.0)
     assert backbone.init_cfg == dict(type='Pretrained', checkpoint=URL + checkpoint)
     assert cfg.checkpoint_file == backbone.init_cfg.checkpoint  # no stale top-level copies in the dumped config
-    assert cfg.custom_imports == dict(imports=['convnext_backbone'], allow_failed_imports=False)
+    # the stock config's own import (mmdet.models, for the Mask2Former head's parts) and ours
+    stock_imports = stock.custom_imports['imports']
+    assert cfg.custom_imports == dict(stock.custom_imports, imports=[stock_imports, 'convnext_backbone'])
     assert cfg.default_scope == 'mmseg'
 
     # UperNet (channels 512) + FCN auxiliary head on stage 2, 150 classes, SyncBN; inputs match the backbone
