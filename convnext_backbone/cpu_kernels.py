@@ -203,6 +203,10 @@ def _mlp_setup_context(ctx, inputs, output):
     x, weight1, bias1, weight2, bias2, other, save_act = inputs
     _, hidden, act = output
     ctx.has_other = other is not None
+    # hidden and act are outputs for backward's sake only: no gradient flows into them, and none should be
+    # materialised as zeros (two 4C-channel fills per block in eager)
+    ctx.mark_non_differentiable(hidden, act)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(x, weight1, hidden, weight2, act)
 
 
@@ -290,28 +294,38 @@ def _depthwise_conv(x: torch.Tensor, conv) -> torch.Tensor:
 
 def block_forward(block, x: torch.Tensor) -> torch.Tensor:
     """``block(x)`` (a :class:`convnext_backbone.convnext.Block`) through the CPU kernels; only where
-    :func:`applies` is true."""
+    :func:`applies` is true.
+
+    The MLP runs on the ``(N*H*W, C)`` rows of the channels-last memory (free views). Rows, not NHWC maps: under
+    ``torch.compile`` inductor lays out every 4-D tensor it saves for backward as channels-last *of its own
+    dims*, which for an NHWC map means transposing H with the channels (two extra copies of the 4C-channel
+    activations per block)."""
+    n, _, h, w = x.shape
+
+    def rows(t):  # NCHW in channels-last memory -> (N*H*W, C) rows: a view
+        return t.permute(0, 2, 3, 1).reshape(n * h * w, t.shape[1])
+
+    def image(t):  # (N*H*W, C) rows -> NCHW in channels-last memory: a view
+        return t.view(n, h, w, t.shape[-1]).permute(0, 3, 1, 2)
+
     shortcut = x
-    # NHWC view of channels-last memory: contiguous
-    x = block.norm(_depthwise_conv(x, block.dwconv).permute(0, 2, 3, 1))
+    x = block.norm(rows(_depthwise_conv(x, block.dwconv)))
     weight, bias = block.pwconv2.weight, block.pwconv2.bias
     if block.gamma is not None:
         # gamma * (W x + b) == (gamma[:, None] * W) x + gamma * b: scales C x 4C weights instead of
         # the whole activation map.
         weight, bias = weight * block.gamma[:, None], bias * block.gamma
     fuse_residual = not (block.training and block.drop_path_rate > 0)
-    shortcut_nhwc = shortcut.permute(0, 2, 3, 1)
     if torch.is_grad_enabled() and block.grn is None:
-        x = mlp(x, block.pwconv1.weight, block.pwconv1.bias, weight, bias,
-                shortcut_nhwc if fuse_residual else None, not block.low_memory)[0]
-        x = x.permute(0, 3, 1, 2)
+        x = image(mlp(x, block.pwconv1.weight, block.pwconv1.bias, weight, bias,
+                      rows(shortcut) if fuse_residual else None, not block.low_memory)[0])
         return x if fuse_residual else shortcut + block.drop_path(x)
     if torch.is_grad_enabled():
         x = F.gelu(linear(x, block.pwconv1.weight, block.pwconv1.bias))
     else:
         x = linear(x, block.pwconv1.weight, block.pwconv1.bias, gelu=True)
-    if block.grn is not None:
-        x = block.grn(x)
+    if block.grn is not None:  # GRN normalises over H and W: on the NHWC view of the rows
+        x = block.grn(x.view(n, h, w, x.shape[-1])).view(n * h * w, x.shape[-1])
     if fuse_residual:
-        return linear(x, weight, bias, shortcut_nhwc).permute(0, 3, 1, 2)
-    return shortcut + block.drop_path(linear(x, weight, bias).permute(0, 3, 1, 2))
+        return image(linear(x, weight, bias, rows(shortcut)))
+    return shortcut + block.drop_path(image(linear(x, weight, bias)))
