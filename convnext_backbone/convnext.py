@@ -201,6 +201,15 @@ def _float32(x: torch.Tensor):
     return contextlib.nullcontext()
 
 
+def _compiling() -> bool:
+    """Under ``torch.compile`` (not an exporter). Graph outputs of ``torch.compile``'s training graphs (what is
+    saved for backward) that are 4-D permuted views make torch 2.14's inductor fail with dynamic shapes:
+    ``cannot determine truth value of Relational: 8*((s0//4)) < 8`` (it sorts their symbolic strides without
+    the shape environment; pytorch/pytorch#185510, timm's ConvNeXt fails the same way). The model avoids such
+    views there: LayerNorm2d normalises the NCHW tensor itself, the blocks' pointwise layers work on 2-D rows."""
+    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+
+
 class LayerNorm(nn.LayerNorm):
     """LayerNorm over the last dimension, numerically safe in half precision.
 
@@ -226,7 +235,20 @@ class LayerNorm2d(LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _compiling():
+            return self._channels_first(x)
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def _channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The same normalisation written on the NCHW tensor (what inductor decomposes ``F.layer_norm`` into,
+        and fuses alike), for ``torch.compile``: its output is no permuted view (see :func:`_compiling`)."""
+        def norm(t, weight, bias):
+            var, mean = torch.var_mean(t, dim=1, keepdim=True, correction=0)
+            return (t - mean) * torch.rsqrt(var + self.eps) * weight[:, None, None] + bias[:, None, None]
+        if not _low_precision(x):
+            return norm(x, self.weight, self.bias)
+        with _float32(x):
+            return norm(x.float(), self.weight.float(), self.bias.float()).to(x.dtype)
 
 
 class GRN(nn.Module):
@@ -300,14 +322,17 @@ class Block(nn.Module):
         shortcut = x
         x = self.dwconv(x)
         if self.linear_pw_conv:
-            x = x.permute(0, 2, 3, 1)  # NCHW -> NHWC: channels last for LayerNorm and the linears
+            n, c, h, w = x.shape
+            # NCHW -> (N*H*W, C) rows, channels last for LayerNorm and the linears (a free view of channels-last
+            # memory; rows rather than NHWC maps keep 4-D views out of compiled graphs, see _compiling)
+            x = x.permute(0, 2, 3, 1).reshape(n * h * w, c)
             x = self.act(self.pwconv1(self.norm(x)))
-            if self.grn is not None:
-                x = self.grn(x)
+            if self.grn is not None:  # GRN normalises over H and W: on the NHWC view of the rows
+                x = self.grn(x.view(n, h, w, x.shape[-1])).view(n * h * w, x.shape[-1])
             x = self.pwconv2(x)
             if self.gamma is not None:
                 x = self.gamma * x
-            x = x.permute(0, 3, 1, 2)
+            x = x.view(n, h, w, c).permute(0, 3, 1, 2)
         else:  # channels first throughout; GRN takes the (free) NHWC view of the channels-last memory
             x = self.act(self.pwconv1(self.norm(x)))
             if self.grn is not None:

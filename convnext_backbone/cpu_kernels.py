@@ -117,21 +117,46 @@ def _linear_out(x, weight):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
+def rows(t: Tensor) -> Tensor:
+    """NCHW in channels-last memory -> its ``(N*H*W, C)`` rows: a view (a copy for other memory formats)."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def image(t: Tensor, like: Tensor) -> Tensor:
+    """``(N*H*W, C)`` rows -> NCHW in channels-last memory, ``like``'s shape: a view."""
+    n, c, h, w = like.shape
+    return t.view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def _image_out(like: Tensor) -> Tensor:
+    """A fresh tensor with the strides :func:`image` gives (fake implementations: not a view, see below)."""
+    n, c, h, w = like.shape
+    return like.new_empty_strided((n, c, h, w), (h * w * c, 1, w * c, c))
+
+
+def _residual(out_rows, other):
+    """With a residual: the rows of ``x W^T + b + other`` as ``other``'s NCHW image."""
+    return out_rows if other is None else image(out_rows, other)
+
+
 def _none_if_empty(grads, needs):
     return tuple(g if need else None for g, need in zip(grads, needs))
 
 
 @torch.library.custom_op('convnext::linear', mutates_args=())
 def linear(x: Tensor, weight: Tensor, bias: Tensor, other: Optional[Tensor] = None, gelu: bool = False) -> Tensor:
-    """``x W^T + b [+ other]``, or ``GELU(x W^T + b)`` with ``gelu`` (no autograd: inference only)."""
+    """``x W^T + b`` on ``(M, C)`` rows, or ``GELU(x W^T + b)`` with ``gelu`` (no autograd: inference only), or
+    with the residual ``other`` (the block's NCHW channels-last input) the block's output ``other + x W^T + b``
+    in ``other``'s form."""
     if gelu and other is not None:
         raise ValueError('convnext::linear fuses either GELU or the residual add, not both.')
-    return _onednn_linear(x, weight, bias, 'gelu' if gelu else 'none', other)
+    out = _onednn_linear(x, weight, bias, 'gelu' if gelu else 'none', None if other is None else rows(other))
+    return _residual(out, other)
 
 
 @linear.register_fake
 def _(x, weight, bias, other=None, gelu=False):
-    return _linear_out(x, weight)
+    return _linear_out(x, weight) if other is None else _image_out(other)
 
 
 def _linear_setup_context(ctx, inputs, output):
@@ -146,9 +171,9 @@ def _linear_backward(ctx, grad):
         raise RuntimeError('convnext::linear with gelu=True is inference-only: it keeps no pre-activation for '
                            'the GELU gradient; under autograd apply F.gelu to the plain linear instead.')
     x, weight = ctx.saved_tensors
-    grad = grad.contiguous()
     needs = ctx.needs_input_grad
     grad_other = grad if ctx.has_other and needs[3] else None
+    grad = (rows(grad) if ctx.has_other else grad).contiguous()
     return (*_linear_grads(grad, x, weight, needs[:3]), grad_other, None)
 
 
@@ -158,19 +183,21 @@ linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
 @torch.library.custom_op('convnext::mlp', mutates_args=())
 def mlp(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor, other: Optional[Tensor] = None,
         save_act: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """``GELU(x W1^T + b1) W2^T + b2 [+ other]`` in one autograd node; also returns what backward needs: the
-    hidden pre-activation and (``save_act``) the GELU output, else an empty tensor: backward recomputes it
-    (activation checkpointing: 4C channels less at the peak)."""
+    """``GELU(x W1^T + b1) W2^T + b2`` on ``(M, C)`` rows in one autograd node, with the residual ``other`` (the
+    block's NCHW channels-last input) the block's output ``other + MLP(x)`` in ``other``'s form. Also returns
+    what backward needs: the hidden pre-activation and (``save_act``) the GELU output, else an empty tensor:
+    backward recomputes it (activation checkpointing: 4C channels less at the peak)."""
     hidden = _onednn_linear(x, weight1, bias1)
     act = F.gelu(hidden)
-    out = _onednn_linear(act, weight2, bias2, other=other)
-    return out, hidden, act if save_act else act.new_empty(0)
+    out = _onednn_linear(act, weight2, bias2, other=None if other is None else rows(other))
+    return _residual(out, other), hidden, act if save_act else act.new_empty(0)
 
 
 @mlp.register_fake
 def _(x, weight1, bias1, weight2, bias2, other=None, save_act=True):
     hidden = _linear_out(x, weight1)
-    return _linear_out(hidden, weight2), hidden, hidden.new_empty(hidden.shape if save_act else (0,))
+    out = _linear_out(hidden, weight2) if other is None else _image_out(other)
+    return out, hidden, hidden.new_empty(hidden.shape if save_act else (0,))
 
 
 @torch.library.custom_op('convnext::mlp_backward', mutates_args=())
@@ -213,7 +240,8 @@ def _mlp_setup_context(ctx, inputs, output):
 def _mlp_backward(ctx, grad, _grad_hidden, _grad_act):
     x, weight1, hidden, weight2, act = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:5])
-    grads = _none_if_empty(mlp_backward(grad, x, weight1, hidden, weight2, act, needs), needs)
+    grad_rows = rows(grad) if ctx.has_other else grad
+    grads = _none_if_empty(mlp_backward(grad_rows, x, weight1, hidden, weight2, act, needs), needs)
     grad_other = grad if ctx.has_other and ctx.needs_input_grad[5] else None
     return (*grads, grad_other, None)
 
@@ -296,18 +324,12 @@ def block_forward(block, x: torch.Tensor) -> torch.Tensor:
     """``block(x)`` (a :class:`convnext_backbone.convnext.Block`) through the CPU kernels; only where
     :func:`applies` is true.
 
-    The MLP runs on the ``(N*H*W, C)`` rows of the channels-last memory (free views). Rows, not NHWC maps: under
-    ``torch.compile`` inductor lays out every 4-D tensor it saves for backward as channels-last *of its own
-    dims*, which for an NHWC map means transposing H with the channels (two extra copies of the 4C-channel
-    activations per block)."""
-    n, _, h, w = x.shape
-
-    def rows(t):  # NCHW in channels-last memory -> (N*H*W, C) rows: a view
-        return t.permute(0, 2, 3, 1).reshape(n * h * w, t.shape[1])
-
-    def image(t):  # (N*H*W, C) rows -> NCHW in channels-last memory: a view
-        return t.view(n, h, w, t.shape[-1]).permute(0, 3, 1, 2)
-
+    The MLP runs on the ``(N*H*W, C)`` rows of the channels-last memory (free views), and with the residual add
+    fused returns the block's output in its NCHW form. Under ``torch.compile`` this keeps two things out of the
+    graph: 4-D NHWC tensors saved for backward, which inductor lays out as channels-last *of their own dims*
+    (transposing H with the channels: two extra copies of the 4C-channel activations per block), and a block
+    output that is a permuted view, which inductor cannot lay out with dynamic shapes (see
+    ``convnext._compiling``)."""
     shortcut = x
     x = block.norm(rows(_depthwise_conv(x, block.dwconv)))
     weight, bias = block.pwconv2.weight, block.pwconv2.bias
@@ -316,16 +338,16 @@ def block_forward(block, x: torch.Tensor) -> torch.Tensor:
         # the whole activation map.
         weight, bias = weight * block.gamma[:, None], bias * block.gamma
     fuse_residual = not (block.training and block.drop_path_rate > 0)
+    residual = shortcut if fuse_residual else None
     if torch.is_grad_enabled() and block.grn is None:
-        x = image(mlp(x, block.pwconv1.weight, block.pwconv1.bias, weight, bias,
-                      rows(shortcut) if fuse_residual else None, not block.low_memory)[0])
-        return x if fuse_residual else shortcut + block.drop_path(x)
-    if torch.is_grad_enabled():
-        x = F.gelu(linear(x, block.pwconv1.weight, block.pwconv1.bias))
+        x = mlp(x, block.pwconv1.weight, block.pwconv1.bias, weight, bias, residual, not block.low_memory)[0]
     else:
-        x = linear(x, block.pwconv1.weight, block.pwconv1.bias, gelu=True)
-    if block.grn is not None:  # GRN normalises over H and W: on the NHWC view of the rows
-        x = block.grn(x.view(n, h, w, x.shape[-1])).view(n * h * w, x.shape[-1])
-    if fuse_residual:
-        return image(linear(x, weight, bias, rows(shortcut)))
-    return shortcut + block.drop_path(image(linear(x, weight, bias)))
+        if torch.is_grad_enabled():
+            x = F.gelu(linear(x, block.pwconv1.weight, block.pwconv1.bias))
+        else:
+            x = linear(x, block.pwconv1.weight, block.pwconv1.bias, gelu=True)
+        if block.grn is not None:  # GRN normalises over H and W: on the NHWC view of the rows
+            n, _, h, w = shortcut.shape
+            x = block.grn(x.view(n, h, w, x.shape[-1])).view(x.shape)
+        x = linear(x, weight, bias, residual)
+    return x if fuse_residual else shortcut + block.drop_path(image(x, shortcut))
