@@ -117,6 +117,15 @@ class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         _check_decay_type(paramwise_cfg['decay_type'])
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
+    def __call__(self, model: nn.Module):
+        optim_wrapper = super().__call__(model)
+        # OPTIMIZERS.build turns the parameter-group dicts into ConfigDicts, which torch.compile cannot iterate
+        # (torch 2.14: "'UserDefinedDictVariable' object has no attribute 'items'" in the optimizer step, which
+        # mmengine's compile=True compiles with train_step): plain dicts, as torch.optim makes them.
+        groups = optim_wrapper.optimizer.param_groups
+        groups[:] = [dict(group) for group in groups]
+        return optim_wrapper
+
     def _find_backbone(self, model: nn.Module):
         prefix = self.paramwise_cfg.get('backbone_prefix', 'backbone')
         try:

@@ -220,3 +220,24 @@ def test_cascade_mask_rcnn_from_shipped_config_gets_expected_groups():
         assert groups[name][1] == want_wd, name
     assert wrapper.optimizer.param_groups[0]['lr'] == lr
     assert len(groups) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_optimizer_step_compiles():
+    """mmengine's ``compile=True`` compiles ``train_step`` and with it the optimizer step: dynamo cannot iterate
+    the ConfigDicts OPTIMIZERS.build makes of the groups, so the constructor hands torch plain dicts."""
+    import copy
+    torch.manual_seed(0)
+    model = ConvNeXt(dict(depths=[1, 1, 1, 1], channels=[8, 8, 8, 8]), out_indices=(3,))
+    twin = copy.deepcopy(model)
+    from mmengine.config import ConfigDict
+    wrappers = [ConvNeXtLayerDecayOptimizerConstructor(  # a ConfigDict, as configs give it
+        ConfigDict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD)),
+        paramwise_cfg=dict(decay_rate=0.7, num_layers=4, backbone_prefix=''))(m) for m in (model, twin)]
+    assert all(type(g) is dict for w in wrappers for g in w.optimizer.param_groups)
+    x = torch.randn(1, 3, 32, 32)
+    for m, wrapper, step in zip((model, twin), wrappers,
+                                (wrappers[0].optimizer.step, torch.compile(wrappers[1].optimizer.step))):
+        m(x)[0].square().mean().backward()
+        step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
