@@ -179,13 +179,17 @@ def test_exporters_get_plain_ops():
     assert 'aten::linear' in str(traced.inlined_graph)
 
 
-@pytest.mark.parametrize('name', ['mask_rcnn_convnext_t_3x_compile', 'upernet_convnext_t_512_160k_ade20k_compile'])
+@pytest.mark.parametrize('name', ['mask_rcnn_convnext_t_3x_compile', 'upernet_convnext_t_512_160k_ade20k_compile',
+                                  'upernet_convnext_t_512_160k_ade20k_compile_train_step'])
 def test_compile_configs_train_and_infer_like_eager(name):
-    """The configs' CompileBackboneHook compiles the backbone in place; a training step (losses, updated
-    weights) and inference equal the same model uncompiled."""
+    """The configs' CompileBackboneHook compiles the backbone in place, or mmengine's ``compile=True`` (the
+    Runner's own code) the whole ``train_step``; a training step (losses, updated weights) and inference equal
+    the same model uncompiled."""
+    from mmengine.runner import Runner
     import test_detection
     import test_segmentation
     from convnext_backbone.tools.common import adapt_to_machine, load_config, revert_sync_bn
+    from mmengine.logging import MMLogger
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import HOOKS, MODELS, init_default_scope
     cfg = load_config(os.path.join(ROOT, 'configs', 'compile', name + '.py'))
@@ -204,9 +208,14 @@ def test_compile_configs_train_and_infer_like_eager(name):
     eager.init_weights()
     compiled = copy.deepcopy(eager)
     torch._dynamo.reset()  # see _compile
-    for hook in cfg.custom_hooks:
-        HOOKS.build(hook).before_run(types.SimpleNamespace(model=compiled))
-    assert compiled.backbone._compiled_call_impl is not None and eager.backbone._compiled_call_impl is None
+    if cfg.get('compile'):
+        Runner._maybe_compile(types.SimpleNamespace(cfg=cfg, model=compiled, logger=MMLogger.get_current_instance()),
+                              'train_step')
+        assert hasattr(compiled.train_step, '_torchdynamo_orig_callable')
+    else:
+        for hook in cfg.custom_hooks:
+            HOOKS.build(hook).before_run(types.SimpleNamespace(model=compiled))
+        assert compiled.backbone._compiled_call_impl is not None and eager.backbone._compiled_call_impl is None
     with torch.no_grad():
         data = eager.data_preprocessor(copy.deepcopy(batch), False)
         for a, b in zip(compiled.eval().extract_feat(data['inputs']), eager.eval().extract_feat(data['inputs'])):
