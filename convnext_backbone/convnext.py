@@ -220,10 +220,13 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _low_precision(x):
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+            return self._norm(x, self.weight, self.bias)
         with _float32(x):
-            out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+            out = self._norm(x.float(), self.weight.float(), self.bias.float())
         return out.to(x.dtype)
+
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, weight, bias, self.eps)
 
 
 class LayerNorm2d(LayerNorm):
@@ -234,21 +237,13 @@ class LayerNorm2d(LayerNorm):
     is in channels-last memory format (as it is inside the backbone).
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         if _compiling():
-            return self._channels_first(x)
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-    def _channels_first(self, x: torch.Tensor) -> torch.Tensor:
-        """The same normalisation written on the NCHW tensor (what inductor decomposes ``F.layer_norm`` into,
-        and fuses alike), for ``torch.compile``: its output is no permuted view (see :func:`_compiling`)."""
-        def norm(t, weight, bias):
-            var, mean = torch.var_mean(t, dim=1, keepdim=True, correction=0)
-            return (t - mean) * torch.rsqrt(var + self.eps) * weight[:, None, None] + bias[:, None, None]
-        if not _low_precision(x):
-            return norm(x, self.weight, self.bias)
-        with _float32(x):
-            return norm(x.float(), self.weight.float(), self.bias.float()).to(x.dtype)
+            # on the NCHW tensor itself (what inductor decomposes F.layer_norm into, and fuses alike): the output
+            # is no permuted view (see _compiling)
+            var, mean = torch.var_mean(x, dim=1, keepdim=True, correction=0)
+            return (x - mean) * torch.rsqrt(var + self.eps) * weight[:, None, None] + bias[:, None, None]
+        return super()._norm(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
 
 
 class GRN(nn.Module):
