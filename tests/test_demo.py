@@ -1,6 +1,6 @@
 """The demos: their data tool, the shape pretraining (it learns, and its checkpoint loads through the official
 interop path) and both pipelines end to end at a miniature size (`make demo` / `make demo-seg` run them at
-full size; their measured results are in the README)."""
+full size; their measured results are in docs/demos.md)."""
 import os
 import subprocess
 import sys
