@@ -349,7 +349,7 @@ class ConvNeXt(BaseModule):
 
     Accepts every argument of mmpretrain 1.2's ``ConvNeXt`` (same meaning, same positional order), the
     official facebookresearch names, and timm's ablation knobs. Where a default differs from mmpretrain's it
-    says so below; the README has the full table (ours / mmpretrain / timm / official).
+    says so below; docs/backbone.md has the full table (ours / mmpretrain / timm / official).
 
     Args:
         arch: one of :data:`ARCH_SETTINGS` or ``dict(depths=[...], channels=[...])``. mmpretrain raises

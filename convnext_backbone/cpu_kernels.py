@@ -27,7 +27,7 @@ whenever
 - CPU autocast is on (the plain ops autocast; our float32 kernels would mix dtypes);
 - the calling thread asked for plain ops with :func:`plain_ops` (thread-local: other threads keep theirs).
 
-What the kernels do (ConvNeXt-T, 2-core CPU, measured in the README): the pointwise linears run through
+What the kernels do (ConvNeXt-T, 2-core CPU, measured in docs/performance.md): the pointwise linears run through
 oneDNN without addmm's bias pre-copy, fused with GELU and with the residual add where the autograd allows;
 layer scale is folded into the second pointwise weight (a C x 4C multiply instead of the activation map);
 in training the MLP is one autograd node (GELU gradient written in place) and the depthwise-conv weight

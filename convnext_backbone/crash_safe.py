@@ -100,7 +100,8 @@ def fsync_dir(path: str) -> None:
 def atomic_write(path: str, data: bytes, _checkpoint: bool = False) -> None:
     """Write ``data`` to ``path`` so that, whatever the instant of a crash, ``path`` holds either its old
     content or all of ``data``: a temporary file in the same directory, flushed and fsynced, ``os.replace``d
-    onto ``path``, then the directory fsynced. Needs a filesystem with atomic rename (local disks; see README)."""
+    onto ``path``, then the directory fsynced. Needs a filesystem with atomic rename (local disks; see
+    docs/crash_safety.md)."""
     path = osp.abspath(path)
     directory = osp.dirname(path)
     os.makedirs(directory, exist_ok=True)

@@ -136,7 +136,7 @@ def rule(theirs: str, ours: str, reshape: Reshape | None = None) -> Rule:
 class Layout:
     """One checkpoint layout.
 
-    name: what detection reports and ``--to`` takes. source: where such files come from (README table).
+    name: what detection reports and ``--to`` takes. source: where such files come from (docs/checkpoints.md table).
     rules: key rules (theirs <-> ours, optional reshape), including the layout's dense per-stage norms, which map
     to our ``norm{i}``. wrappers: prefixes the backbone may sit under inside a larger model (tried in order;
     keys outside the one found are skipped and reported). classification: regexes of classification-only keys

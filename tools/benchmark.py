@@ -16,7 +16,7 @@ CUDA max allocated, or on CPU the peak RSS and its rise over the RSS before the 
 gradients, workspace). Ratios: ours/timm speed (>1: ours faster) and memory (<1: ours smaller).
 
 Compile mode (``--compile``): what ``torch.compile`` gives, eager vs compiled, ours vs timm, in the two
-scenarios of the README, each in its own process with every variant's steps interleaved (medians):
+scenarios of docs/performance.md, each in its own process with every variant's steps interleaved (medians):
 
     python tools/benchmark.py --compile            # inference b1 800x1216 and training step b8 224
     python tools/benchmark.py --compile --arch tiny --repeat 5 --threads 2

@@ -5,8 +5,8 @@
     python tools/convert_checkpoint.py SRC model.safetensors --to hf    # -> transformers ConvNext(V2)Backbone keys
     python tools/convert_checkpoint.py SRC DST --to torchvision         # -> torchvision convnext_* (no classifier)
 
-SRC: .pth/.pt/.bin or .safetensors in any layout the backbone loads (see README), a classifier, a backbone or a
-whole detector/segmentor (its ``backbone.`` keys are used, or those under --prefix). The architecture is read from
+SRC: .pth/.pt/.bin or .safetensors in any layout the backbone loads (docs/checkpoints.md), a classifier, a backbone
+or a whole detector/segmentor (its ``backbone.`` keys are used, or those under --prefix). The architecture is read from
 the shapes; the detected layout, the architecture (depths, channels, V1/V2) and the skipped keys are printed, and
 progress is shown for large files. DST: .safetensors when it ends so, else torch.save (ours as
 ``{'state_dict': ...}``, other layouts as a plain state dict). Nothing is unpickled beyond tensors.

@@ -3,7 +3,7 @@
 # GPUS (total, default 8), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS are read from the environment.
 #
 # Preemption: train.py checkpoints and exits with status 75 on SIGTERM / SIGUSR1. Inside a batch job
-# (sbatch --requeue --signal=USR1@90 ..., see README "Crashes and preemption") this script then runs
+# (sbatch --requeue --signal=USR1@90 ..., see docs/crash_safety.md) this script then runs
 # `scontrol requeue $SLURM_JOB_ID`; the requeued job (SLURM_RESTART_COUNT > 0) resumes by itself (--resume).
 set -euo pipefail
 PARTITION=$1

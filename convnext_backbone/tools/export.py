@@ -14,7 +14,7 @@ What goes into the graph (the TorchScript ONNX exporter, opset 17, portable ONNX
   raw outputs (e.g. the RPN's per-level class scores and box deltas, RetinaNet's, FCOS's), as mmdet's
   'tensor' mode computes them. What follows them (box decoding and NMS, the RoI heads with RoIAlign) runs
   mmcv ops, which plain ONNX export writes as mmcv custom ops: not exported (the tool says what it left out;
-  the README has the mmdeploy route for whole detectors);
+  docs/deploy.md has the mmdeploy route for whole detectors);
 - with ``--backbone-only``: normalisation + backbone only (multi-scale features).
 
 The image input is ``image``: float32, N x 3 x H x W, pixel values 0-255 in the channel order the config's
@@ -164,7 +164,7 @@ def export_graph(cfg, checkpoint: str | None = None, backbone_only: bool = False
     if getattr(model, 'roi_head', None) is not None:
         left_out.append('roi_head (RoIAlign: an mmcv op)')
     if left_out:
-        left_out.append('plain ONNX export writes mmcv ops as custom ops; mmdeploy rewrites them (see README)')
+        left_out.append('plain ONNX export writes mmcv ops as custom ops; mmdeploy rewrites them (see docs/deploy.md)')
     return DetectorGraph(model, heads).eval(), left_out
 
 

@@ -3,7 +3,7 @@
     python tools/train.py configs/detection/cascade_convnext_t_3x.py
     python tools/train.py CONFIG --resume                 # from the latest checkpoint in the work dir
     python tools/train.py CONFIG --resume work_dirs/x/epoch_3.pth
-    kill -TERM <pid>   # or SIGUSR1: checkpoint of the current iteration, exit status 75 (see README)
+    kill -TERM <pid>   # or SIGUSR1: checkpoint of the current iteration, exit status 75 (see docs/crash_safety.md)
     bash tools/dist_train.sh CONFIG 8                       # torchrun, one process per GPU (or CPU process)
 
 On a machine without CUDA the recipe runs on CPU: SyncBN -> BN, AMP off, gloo for distributed runs.
