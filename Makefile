@@ -3,7 +3,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-seg test clean
+.PHONY: help install demo demo-seg test clean
+
+# The first target is what a bare `make` runs: the list of targets.
+help:
+	@echo 'make install    create $(VENV) with the pinned stack (run by demo / demo-seg / test on first use; docs/stack.md)'
+	@echo 'make demo       the paper'"'"'s detection pipeline in miniature on generated data: Mask R-CNN, box / mask AP (CPU)'
+	@echo 'make demo-seg   the segmentation half: UperNet on generated data, mIoU (CPU; docs/demos.md)'
+	@echo 'make test       the whole test suite (CPU, no downloads); PYTEST_ARGS="..." passes options to pytest'
+	@echo 'make clean      remove $(VENV), build outputs, .pytest_cache, work_dirs/ and the demos'"'"' data/shapes_*'
+	@echo 'make help       this list (also what a bare `make` prints)'
 
 install:
 	VENV=$(VENV) bash tools/install.sh
