@@ -249,6 +249,45 @@ def _mlp_backward(ctx, grad, _grad_hidden, _grad_act):
 mlp.register_autograd(_mlp_backward, setup_context=_mlp_setup_context)
 
 
+# Rows per chunk of the inference MLP: the chunk's 4C-channel hidden activation (3-24 MiB for ConvNeXt-T..L) is
+# reused from cache by the second linear instead of a full M x 4C map written to and read back from memory.
+MLP_CHUNK_ROWS = 2048
+
+
+@torch.library.custom_op('convnext::mlp_inference', mutates_args=())
+def mlp_inference(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor,
+                  other: Optional[Tensor] = None) -> Tensor:
+    """``GELU(x W1^T + b1) W2^T + b2`` on ``(M, C)`` rows without autograd (inference), with the residual
+    ``other`` (the block's NCHW channels-last input) the block's output ``other + MLP(x)`` in ``other``'s form.
+
+    Computed :data:`MLP_CHUNK_ROWS` rows at a time into one reused hidden buffer: no M x 4C activation map is
+    allocated (on CPU: fresh pages to fault in) or streamed through memory twice. The linears are MKL's
+    ``addmm`` writing into their destinations; the bias / residual add happens on the chunk while it is in cache.
+    """
+    m = x.shape[0]
+    x = x.contiguous()
+    out = x.new_empty((m, weight2.shape[0]))
+    residual = None if other is None else rows(other)
+    hidden = x.new_empty((min(m, MLP_CHUNK_ROWS), weight1.shape[0]))
+    weight1_t, weight2_t = weight1.t(), weight2.t()
+    for start in range(0, m, MLP_CHUNK_ROWS):
+        stop = min(start + MLP_CHUNK_ROWS, m)
+        h = torch.addmm(bias1, x[start:stop], weight1_t, out=hidden[:stop - start])
+        torch.ops.aten.gelu_(h)
+        chunk = out[start:stop]
+        if residual is None:
+            chunk.copy_(bias2.expand_as(chunk))
+        else:
+            torch.add(residual[start:stop], bias2, out=chunk)
+        chunk.addmm_(h, weight2_t)
+    return _residual(out, other)
+
+
+@mlp_inference.register_fake
+def _(x, weight1, bias1, weight2, bias2, other=None):
+    return _linear_out(x, weight2) if other is None else _image_out(other)
+
+
 @torch.library.custom_op('convnext::dwconv', mutates_args=())
 def dwconv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     """The blocks' depthwise KxK conv (stride 1, zero 'same' padding); its autograd computes the weight gradient
@@ -339,15 +378,16 @@ def block_forward(block, x: torch.Tensor) -> torch.Tensor:
         weight, bias = weight * block.gamma[:, None], bias * block.gamma
     fuse_residual = not (block.training and block.drop_path_rate > 0)
     residual = shortcut if fuse_residual else None
-    if torch.is_grad_enabled() and block.grn is None:
+    if block.grn is None and torch.is_grad_enabled():
         x = mlp(x, block.pwconv1.weight, block.pwconv1.bias, weight, bias, residual, not block.low_memory)[0]
-    else:
+    elif block.grn is None:
+        x = mlp_inference(x, block.pwconv1.weight, block.pwconv1.bias, weight, bias, residual)
+    else:  # GRN normalises over H and W: on the NHWC view of the whole 4C-channel map
         if torch.is_grad_enabled():
             x = F.gelu(linear(x, block.pwconv1.weight, block.pwconv1.bias))
         else:
             x = linear(x, block.pwconv1.weight, block.pwconv1.bias, gelu=True)
-        if block.grn is not None:  # GRN normalises over H and W: on the NHWC view of the rows
-            n, _, h, w = shortcut.shape
-            x = block.grn(x.view(n, h, w, x.shape[-1])).view(x.shape)
+        n, _, h, w = shortcut.shape
+        x = block.grn(x.view(n, h, w, x.shape[-1])).view(x.shape)
         x = linear(x, weight, bias, residual)
     return x if fuse_residual else shortcut + block.drop_path(image(x, shortcut))

@@ -16,6 +16,7 @@ import torch._dynamo
 from torch.profiler import ProfilerActivity, profile
 
 from convnext_backbone import ConvNeXt
+from convnext_backbone import cpu_kernels
 from convnext_backbone.cpu_kernels import ONEDNN, plain_ops
 from reference_convnext import randomize_
 
@@ -144,8 +145,8 @@ def test_compiled_inference_calls_the_kernels_and_equals_eager(options):
             x = torch.randn(1, 3, *size)
             compiled(x)  # compiles (outside the profiler: tracing would count fake calls)
             outs, calls = _op_calls(lambda: compiled(x))
-            # linear + GELU and linear + residual per block; the depthwise conv is inductor's (no grad)
-            assert calls == {'convnext::linear': 2 * BLOCKS}
+            # the whole MLP (with the residual add) per block; the depthwise conv is inductor's (no grad)
+            assert calls == {'convnext::mlp_inference': BLOCKS}
             for a, b in zip(outs, model(x)):
                 _assert_close(a, b, 'output')
 
@@ -252,7 +253,7 @@ def test_compile_configs_train_and_infer_like_eager(name):
             assert torch.isfinite(a.pred_instances.bboxes).all() and torch.isfinite(a.pred_instances.scores).all()
 
 
-def test_custom_ops_pass_opcheck():
+def test_custom_ops_pass_opcheck(monkeypatch):
     """Schemas, fake implementations (shapes and strides dynamo traces with) and autograd registrations agree
     with the real kernels (torch.library.opcheck)."""
     torch.manual_seed(0)
@@ -270,7 +271,11 @@ def test_custom_ops_pass_opcheck():
                                  torch.empty(0), [True, False, True, True, False])),
              (ops.dwconv, (torch.randn(2, 3, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(),
                            torch.randn(3, 1, 7, 7, requires_grad=True), torch.randn(3, requires_grad=True))),
-             (ops.dwconv_weight_grad, (torch.randn(2, 3, 6, 5), torch.randn(2, 3, 6, 5), 7))]
+             (ops.dwconv_weight_grad, (torch.randn(2, 3, 6, 5), torch.randn(2, 3, 6, 5), 7)),
+             # inference only (no autograd): 30 rows in chunks of 8 (monkeypatched below), the last one partial
+             (ops.mlp_inference, (x.detach(), w1.detach(), b1.detach(), w2.detach(), b2.detach(), other.detach())),
+             (ops.mlp_inference, (x.detach(), w1.detach(), b1.detach(), w2.detach(), b2.detach(), None))]
+    monkeypatch.setattr(cpu_kernels, 'MLP_CHUNK_ROWS', 8)
     for op, args in cases:
         torch.library.opcheck(op.default, args)
     with pytest.raises(RuntimeError, match='inference-only'):  # linear + GELU keeps no pre-activation

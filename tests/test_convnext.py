@@ -147,15 +147,25 @@ def test_cpu_training_takes_the_fused_autograd_nodes():
 
 
 @pytest.mark.parametrize('use_grn,ls', [(False, 1e-6), (True, 0.0)])
-def test_inference_fast_path_equals_official(use_grn, ls):
-    """No-grad forward takes the fused oneDNN linear+GELU and linear+residual kernels on CPU."""
+def test_inference_fast_path_equals_official(use_grn, ls, monkeypatch):
+    """No-grad forward takes the fused kernels on CPU: the whole MLP in row chunks (100 rows here, so that every
+    stage runs several chunks and a partial last one), or with GRN the linear+GELU and linear+residual kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from convnext_backbone import cpu_kernels
+    monkeypatch.setattr(cpu_kernels, 'MLP_CHUNK_ROWS', 100)
     depths, dims = [2, 2, 3, 2], [16, 32, 48, 64]
     ref = randomize_(OfficialConvNeXt(depths=depths, dims=dims, use_grn=use_grn, layer_scale_init_value=ls))
     ours = ConvNeXt(depths=depths, dims=dims, use_grn=use_grn, layer_scale_init_value=ls).eval()
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(2, 3, 67, 93)
+    x = torch.randn(2, 3, 67, 93)  # 2 x 16 x 23 = 736 rows in stage 0, 2 x 2 x 2 = 8 in stage 3
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        outs = ours(x)
+    calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith('convnext::')}
+    blocks = sum(depths)
+    assert calls == ({'convnext::linear': 2 * blocks} if use_grn else {'convnext::mlp_inference': blocks})
     with torch.no_grad():
-        for a, b in zip(ref(x), ours(x)):
+        for a, b in zip(ref(x), outs):
             assert (a - b).abs().max() < 1e-5
 
 
