@@ -29,6 +29,19 @@ def test_benchmark_backbone_prints_ours_timm_and_ratios():
     assert re.search(r'ours with_cp / eager: memory \d+\.\d\dx, time \d+\.\d\dx', out)
 
 
+def test_benchmark_profile_breaks_ours_and_timm_down_per_op():
+    out = _run('benchmark.py', 'backbone', '--arch', 'atto', '--size', '64', '--batch', '2', '--step', 'train',
+               '--warmup', '1', '--repeat', '1', '--profile', '--top', '40')
+    rows = [line.split(' | ') for line in out.splitlines() if ' | ' in line]
+    ours = {r[0].split()[0] for r in rows[1:-1] if r[0].strip()}
+    timm = {r[1].split()[0] for r in rows[1:-1] if r[1].strip()}
+    # our step runs the custom-op kernels (forward and backward), timm's plain aten ops (atto: 1x1 convs)
+    assert {'convnext::mlp', 'convnext::mlp_backward', 'convnext::dwconv_weight_grad'} <= ours, ours
+    assert 'aten::convolution_backward' in timm and not any(op.startswith('convnext::') for op in timm), timm
+    ours_total, timm_total = re.findall(r'total \(all ops, per step\)\s+(\d+\.\d)', rows[-1][0] + rows[-1][1])
+    assert float(ours_total) > 0 and float(timm_total) > 0
+
+
 @pytest.mark.parametrize('arch,expected', [('tiny', 4.5), ('small', 8.7), ('base', 15.4), ('large', 34.4),
                                            ('xlarge', 60.9)])
 def test_backbone_flops_match_the_paper(arch, expected):

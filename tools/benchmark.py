@@ -6,6 +6,7 @@ own fresh process so that peak memory is per configuration):
     python tools/benchmark.py backbone --arch tiny --size 224 --batch 8 --step train
     python tools/benchmark.py backbone --arch tiny --size 800 1216 --batch 1 --step forward
     python tools/benchmark.py backbone --arch tiny --size 224 --batch 8 --step train --modes eager with_cp
+    python tools/benchmark.py backbone --arch tiny --size 224 --batch 8 --step train --profile   # per-op table
 
 Modes: eager (default), channels_last (input handed over in channels-last memory format), compile
 (torch.compile), compile_freezing (torch.compile with inductor's freezing=True; inference), with_cp (activation
@@ -13,7 +14,9 @@ checkpointing; timm's grad_checkpointing). Time: ours and timm are built in one 
 interleaved, so a drifting machine speed hits both alike; img/s from the median of --repeat steps after --warmup,
 and the min too. Memory: each configuration in a fresh process;
 CUDA max allocated, or on CPU the peak RSS and its rise over the RSS before the first step (activations,
-gradients, workspace). Ratios: ours/timm speed (>1: ours faster) and memory (<1: ours smaller).
+gradients, workspace). Ratios: ours/timm speed (>1: ours faster) and memory (<1: ours smaller). ``--profile``
+prints, instead of timings, each implementation's ops by self time per step side by side (torch.profiler), so a
+regression shows as the op whose time grew.
 
 Compile mode (``--compile``): what ``torch.compile`` gives, eager vs compiled, ours vs timm, in the two
 scenarios of docs/performance.md, each in its own process with every variant's steps interleaved (medians):
@@ -143,6 +146,43 @@ def measure_memory(impl, arch, mode, size, batch, step, dtype, device, threads) 
     return dict(peak_mib=peak, rise_mib=peak - before)
 
 
+def profile_backbones(arch, mode, size, batch, step, dtype, device, warmup, repeat, threads) -> dict:
+    """Per-op breakdown of ours and timm's step: self time per op (torch.profiler, ``repeat`` steps after
+    ``warmup``), ms per step, the ``top`` ops of each; the ops that differ most are where a regression is."""
+    from torch.profiler import ProfilerActivity, profile
+    if threads:
+        torch.set_num_threads(threads)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith('cuda') else [])
+    result = {}
+    for impl in ('ours', 'timm'):
+        run = _setup(impl, arch, mode, size, batch, step, dtype, device)
+        for _ in range(warmup):
+            run()
+        with profile(activities=activities) as prof:
+            for _ in range(repeat):
+                run()
+        events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0 or e.self_device_time_total > 0]
+        events.sort(key=lambda e: e.self_cpu_time_total + e.self_device_time_total, reverse=True)
+        result[impl] = {e.key: dict(ms=(e.self_cpu_time_total + e.self_device_time_total) / 1e3 / repeat,
+                                    calls=e.count / repeat) for e in events}
+        result[impl]['total'] = dict(ms=sum(v['ms'] for v in result[impl].values()), calls=0)
+    return result
+
+
+def print_profile(profiled: dict, top: int = 15):
+    print(f'{"op (self time)":<44} {"ours ms":>9} {"calls":>6} | {"op (self time)":<44} {"timm ms":>9} {"calls":>6}')
+    ours = [(k, v) for k, v in profiled['ours'].items() if k != 'total'][:top]
+    timm = [(k, v) for k, v in profiled['timm'].items() if k != 'total'][:top]
+    for i in range(max(len(ours), len(timm))):
+        left = f'{ours[i][0][:44]:<44} {ours[i][1]["ms"]:>9.1f} {ours[i][1]["calls"]:>6.0f}' if i < len(ours) \
+            else ' ' * 61
+        right = f'{timm[i][0][:44]:<44} {timm[i][1]["ms"]:>9.1f} {timm[i][1]["calls"]:>6.0f}' if i < len(timm) \
+            else ''
+        print(f'{left} | {right}')
+    print(f'{"total (all ops, per step)":<44} {profiled["ours"]["total"]["ms"]:>9.1f} {"":>6} | '
+          f'{"total (all ops, per step)":<44} {profiled["timm"]["total"]["ms"]:>9.1f}')
+
+
 def _in_subprocess(kind, **kwargs) -> dict:
     env = dict(os.environ)
     if kind == 'memory':
@@ -164,10 +204,17 @@ def cmd_backbone(args):
     print(f'ConvNeXt-{args.arch} {args.step} step, batch {args.batch}, {size[0]}x{size[1]}, {args.dtype}, '
           f'{args.device}, {args.threads or torch.get_num_threads()} threads; time: ours and timm interleaved, '
           f'{args.repeat} steps after {args.warmup} warm-up')
+    results = {}
+    if args.profile:
+        for mode in args.modes:
+            print(f'per-op breakdown, {mode}: self time per step (torch.profiler, {args.repeat} steps after '
+                  f'{args.warmup} warm-up), ours and timm in one fresh process')
+            results[mode] = _in_subprocess('profile', mode=mode, warmup=args.warmup, repeat=args.repeat, **common)
+            print_profile(results[mode], args.top)
+        return results
     cuda = args.device.startswith('cuda')
     memory = 'peak MiB (max allocated)' if cuda else 'peak RSS MiB (rise)'
     print(f'{"mode":<14} {"impl":<5} {"img/s":>8} {"s/step":>8} {"min s":>8} {memory:>24}  ours/timm: speed, memory')
-    results = {}
     for mode in args.modes:
         timing = _in_subprocess('time', mode=mode, warmup=args.warmup, repeat=args.repeat, **common)
         for impl in ('ours', 'timm'):
@@ -264,6 +311,9 @@ def parse_args(argv=None):
     bb.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'], default='float32')
     bb.add_argument('--modes', nargs='+', default=['eager'],
                     choices=['eager', 'channels_last', 'compile', 'compile_freezing', 'with_cp'])
+    bb.add_argument('--profile', action='store_true',
+                    help='instead of timing: a per-op breakdown (self time per step) of ours and timm, side by side')
+    bb.add_argument('--top', type=int, default=15, help='with --profile: ops listed per implementation')
     cc = sub.add_parser('compile', parents=[common], help='torch.compile: eager vs compiled, ours vs timm')
     cc.add_argument('--arch', default='tiny')
     cc.add_argument('--scenarios', nargs='+', choices=['forward', 'train'], help='default: both')
@@ -275,7 +325,7 @@ def parse_args(argv=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == '_one':  # internal: one measurement in a fresh process
-        fn = time_backbones if argv[1] == 'time' else measure_memory
+        fn = dict(time=time_backbones, memory=measure_memory, profile=profile_backbones)[argv[1]]
         print(json.dumps(fn(**json.loads(argv[2]))))
         return
     if argv and argv[0] == '--compile':
