@@ -7,11 +7,15 @@ keys) are the table in :mod:`convnext_backbone.layouts`; everything here is deri
 Loading: ``init_cfg=dict(type='Pretrained', ...)`` (:func:`load_pretrained`) and a whole-model ``load_from`` /
 ``load_state_dict`` both end in the backbone's ``_load_from_state_dict`` hook, :func:`adapt_state_dict_in_place`,
 which converts once and applies the same checks (shapes, missing and unexpected keys, NaN/Inf) with the same
-messages. Classification-only tensors (heads, final pooled norms) are skipped and reported, as the official
-detection code does: the dense output norms then start fresh; a backbone in ``gap_before_final_norm`` mode
-takes the final pooled norm (official ``norm.``, timm's ``head.norm.``, an mmpretrain classifier's last
-``norm{i}``) as its last output norm instead (:func:`claim_final_norm`). Dense per-stage norms a layout does
-have (fine-tuned detectors, ``ConvNextBackbone``, DINOv3) load into our ``norm{i}``.
+messages; ``tools/convert_checkpoint.py`` (:func:`convert_file`) converts through the same
+:func:`convert_state_dict`, so its NaN/Inf check (:func:`check_finite`) is the same one. Only the backbone's keys
+are checked: a detector's neck and head are its codebase's. Messages name the file: the one given to ``init_cfg``
+or the tool, or, for ``load_from`` / ``resume`` / ``mmengine.runner.load_checkpoint``, the one mmengine is loading
+(:func:`_mmengine_loading_file`). Classification-only tensors (heads, final pooled norms) are skipped and
+reported, as the official detection code does: the dense output norms then start fresh; a backbone in
+``gap_before_final_norm`` mode takes the final pooled norm (official ``norm.``, timm's ``head.norm.``, an
+mmpretrain classifier's last ``norm{i}``) as its last output norm instead (:func:`claim_final_norm`). Dense
+per-stage norms a layout does have (fine-tuned detectors, ``ConvNextBackbone``, DINOv3) load into our ``norm{i}``.
 
 Files are read with ``weights_only=True``: no arbitrary objects are unpickled.
 """
@@ -142,6 +146,15 @@ def unwrap_state_dict(obj, source: str = 'Checkpoint') -> dict[str, torch.Tensor
     return dict(obj)
 
 
+def backbone_prefix(state_dict: dict, prefix: str | None = None) -> str:
+    """The prefix of the backbone's keys: ``prefix`` (dot-terminated), else ``'backbone.'`` when any key has it."""
+    if prefix is None:
+        prefix = 'backbone.' if any(k.startswith('backbone.') for k in state_dict) else ''
+    if prefix and not prefix.endswith('.'):
+        prefix += '.'
+    return prefix
+
+
 def split_backbone(state_dict: dict, prefix: str | None = None) -> tuple[dict, list, bool]:
     """Select the backbone's keys of a full-model state dict.
 
@@ -149,10 +162,7 @@ def split_backbone(state_dict: dict, prefix: str | None = None) -> tuple[dict, l
     use the ``backbone.`` keys when there are any (detector, segmentor, mmpretrain classifier), else all.
     Returns (backbone keys, keys left out, whether a classification head was among them).
     """
-    if prefix is None:
-        prefix = 'backbone.' if any(k.startswith('backbone.') for k in state_dict) else ''
-    if prefix and not prefix.endswith('.'):
-        prefix += '.'
+    prefix = backbone_prefix(state_dict, prefix)
     inside = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
     outside = [k for k in state_dict if not k.startswith(prefix)]
     if not inside:
@@ -218,22 +228,33 @@ def claim_final_norm(model, result: Conversion) -> None:
               f'loads into {target}', logger='current')
 
 
-def check_finite(state_dict: dict, source: str = 'Checkpoint') -> None:
-    """Refuse tensors holding NaN or Inf (a diverged run's checkpoint), naming how many and the first keys."""
-    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+def check_finite(tensors: dict, source: str = 'Checkpoint') -> None:
+    """Refuse tensors holding NaN or Inf: the one finiteness check of every loading path (``init_cfg``, a whole
+    model's ``load_from`` / ``load_checkpoint`` / ``load_state_dict``, ``tools/convert_checkpoint.py``), called by
+    :func:`convert_state_dict` on every backbone tensor it takes. Names the first keys (as ``tensors`` names them)
+    with how many of their values are NaN / Inf."""
+    bad = []
+    for key, value in tensors.items():
+        if value.is_floating_point() or value.is_complex():
+            nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+            if nan or inf:
+                counts = ', '.join(f'{n} {name}' for n, name in ((nan, 'NaN'), (inf, 'Inf')) if n)
+                bad.append(f'{key} ({counts} of {value.numel()} values)')
     if bad:
-        raise CheckpointError(f'{source}: {len(bad)} tensor(s) hold NaN or Inf values: {_short(bad, 5)}. The run '
-                              'that wrote it diverged; use an earlier checkpoint.')
+        raise CheckpointError(
+            f'{source}: {len(bad)} backbone tensor(s) hold non-finite values: {_short(bad, 5)}. The file is corrupt '
+            'or was saved from a diverged run: re-download it, or pick an earlier checkpoint.')
 
 
 def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: bool | None = None,
-                       source: str = 'Checkpoint', progress=None) -> Conversion:
+                       source: str = 'Checkpoint', progress=None, key_prefix: str = '') -> Conversion:
     """Convert a backbone state dict (keys without any ``backbone.`` prefix) of any layout to ours.
 
     ``is_classifier`` says the weights come from a classifier (it had a head): an mmpretrain classifier then holds
     its final pooled norm as the last ``norm{i}``, which is skipped. Detected when not given. Keys a layout does
     not know are kept as they are (the model then reports them as unexpected). ``progress(done, total)`` is
-    called per tensor.
+    called per tensor. Every tensor taken (not the classification heads or pretraining-only keys it skips) must
+    be finite (:func:`check_finite`); messages name keys as ``key_prefix + key`` (their name in the file).
     """
     if fmt is None:
         found = detect(state_dict)
@@ -246,6 +267,7 @@ def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: 
     if is_classifier is None:
         is_classifier = any(layout.is_classification(k[len(wrapper):]) for k in state_dict if k.startswith(wrapper))
     out, origin, skipped, dropped, aliases, final_norm = {}, {}, [], [], [], {}
+    taken, conflicts = {}, []  # every backbone tensor taken, for the finiteness check; aliases that differ
     final_norm_re = re.compile(layout.final_norm) if layout.final_norm else None
     total = len(state_dict)
     for done, (key, value) in enumerate(state_dict.items(), 1):
@@ -263,16 +285,18 @@ def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: 
             if layout.is_classification(local):
                 skipped.append(key)
                 if final_norm_re is not None and final_norm_re.match(local):
-                    final_norm[key] = value
+                    final_norm[key] = taken[key] = value  # loaded in gap_before_final_norm mode
                 continue
             new = local
         else:
             new, rule = mapped
             if rule.reshape is not None:
                 value = rule.reshape.to_ours(value)
+        taken[key] = value
         if new in out:  # aliases (DINOv3's `norm` is `norms.3`): must hold the same tensor
             if out[new].shape != value.shape or not torch.equal(out[new], value):
-                raise CheckpointError(f'{source}: {origin[new]!r} and {key!r} both map to {new!r} but differ.')
+                conflicts.append(f'{source}: {key_prefix + origin[new]!r} and {key_prefix + key!r} both map to '
+                                 f'{new!r} but differ.')
             aliases.append(key)
             continue
         out[new], origin[new] = value, key
@@ -283,7 +307,9 @@ def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: 
             skipped += [origin[k] for k in out if k.startswith(last)]
             final_norm.update({origin[k]: v for k, v in out.items() if k.startswith(last)})
             out = {k: v for k, v in out.items() if not k.startswith(last)}
-    check_finite(out, source)
+    check_finite({key_prefix + k: v for k, v in taken.items()}, source)  # first: NaN aliases differ too
+    if conflicts:
+        raise CheckpointError(conflicts[0])
     return Conversion(out, layout.name, skipped, dropped, aliases, final_norm)
 
 
@@ -352,10 +378,33 @@ class _LoadContext:
     source: str
     outside: list
     is_classifier: bool | None
+    key_prefix: str = ''  # what split_backbone stripped: keys are named as in the file
     result: Conversion | None = None
 
 
 _CONTEXT: contextvars.ContextVar = contextvars.ContextVar('convnext_checkpoint_load', default=None)
+
+
+def _mmengine_loading_file() -> str | None:
+    """The file whose state dict is reaching the backbone, when mmengine is loading it: ``load_from`` and
+    ``resume`` (``Runner.load_checkpoint``), ``mmengine.runner.load_checkpoint`` (also mmdet's ``init_detector``
+    and mmseg's ``init_model``) and a whole model's ``init_cfg=dict(type='Pretrained')`` (``PretrainedInit``) pass
+    only the loaded dict to ``load_state_dict``; the file name is a local of those functions up the call stack,
+    read here (nothing in mmengine is patched). None when the state dict came from elsewhere."""
+    from mmengine.model.weight_init import PretrainedInit
+    from mmengine.runner import Runner
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    readers = {mmengine_checkpoint.load_checkpoint.__code__: lambda f: f.f_locals.get('filename'),
+               Runner.load_checkpoint.__code__: lambda f: f.f_locals.get('filename'),
+               PretrainedInit.__call__.__code__: lambda f: getattr(f.f_locals.get('self'), 'checkpoint', None)}
+    frame = sys._getframe(1)
+    while frame is not None:
+        reader = readers.get(frame.f_code)
+        if reader is not None:
+            name = reader(frame)
+            return name if isinstance(name, str) else None
+        frame = frame.f_back
+    return None
 
 
 def _describe(model) -> str:
@@ -412,8 +461,13 @@ def adapt_state_dict_in_place(model, state_dict: dict, prefix: str) -> None:
         if context is not None:
             detect_format(local)  # raises: the file given in init_cfg is not a ConvNeXt checkpoint
         return  # nothing ConvNeXt-like under this prefix: torch reports the keys as missing/unexpected
-    source = f'Checkpoint {context.source!r}' if context else f'Checkpoint loaded at {prefix or "<root>"!r}'
-    result = convert_state_dict(local, is_classifier=context.is_classifier if context else None, source=source)
+    if context is not None:
+        name, key_prefix = context.source, context.key_prefix
+    else:
+        name, key_prefix = _mmengine_loading_file(), prefix
+    source = f'Checkpoint {name!r}' if name else 'The checkpoint being loaded'
+    result = convert_state_dict(local, is_classifier=context.is_classifier if context else None, source=source,
+                                key_prefix=key_prefix)
     claim_final_norm(model, result)
     if context is not None:
         result.skipped = context.outside + result.skipped
@@ -424,7 +478,7 @@ def adapt_state_dict_in_place(model, state_dict: dict, prefix: str) -> None:
     state_dict.update({prefix + k: v for k, v in fitted.items()})
     missing = [k for k in list(dict(model.named_parameters())) if k not in fitted]
     where = f' at {prefix!r}' if prefix else ''
-    lines = [f'Loaded {context.source if context else "a checkpoint"} into {_describe(model)}{where}: '
+    lines = [f'Loaded {name or "a checkpoint"} into {_describe(model)}{where}: '
              f'detected the {result.format} layout.']
     if result.skipped:
         lines.append(f'  skipped (classification-only or outside the backbone): {_short(result.skipped)}')
@@ -441,8 +495,9 @@ def load_pretrained(model, checkpoint: str, prefix: str | None = None, map_locat
     """Load a checkpoint of any supported layout into a ConvNeXt backbone (``init_cfg`` ``Pretrained``): read it,
     select the backbone's keys, and hand them to the one loading path. Returns the conversion (layout, skipped)."""
     state_dict = unwrap_state_dict(read_checkpoint(checkpoint, map_location), f'Checkpoint {checkpoint!r}')
+    prefix = backbone_prefix(state_dict, prefix)
     backbone, outside, has_head = split_backbone(state_dict, prefix)
-    context = _LoadContext(checkpoint, outside, has_head or None)
+    context = _LoadContext(checkpoint, outside, has_head or None, prefix)
     token = _CONTEXT.set(context)
     try:
         model.load_state_dict(backbone, strict=False)
@@ -491,9 +546,10 @@ def convert_file(src: str, dst: str, to: str = 'ours', prefix: str | None = None
     if progress:
         out(f'reading {src} ({size / 2 ** 20:.0f} MiB)')
     state_dict = unwrap_state_dict(read_checkpoint(src), f'Checkpoint {src!r}')
+    prefix = backbone_prefix(state_dict, prefix)
     backbone, outside, has_head = split_backbone(state_dict, prefix)
     result = convert_state_dict(backbone, is_classifier=has_head or None, source=f'Checkpoint {src!r}',
-                                progress=_Progress('converting') if progress else None)
+                                progress=_Progress('converting') if progress else None, key_prefix=prefix)
     arch = infer_arch(result.state_dict)
     skipped = outside + result.skipped
     written = result.state_dict
@@ -519,6 +575,6 @@ def convert_file(src: str, dst: str, to: str = 'ours', prefix: str | None = None
 
 
 __all__ = ['Arch', 'CheckpointError', 'Conversion', 'FORMATS', 'LAYOUTS', 'WRITE_TARGETS', 'adapt_state_dict_in_place',
-           'check_finite', 'convert_file', 'convert_from_ours', 'convert_key',
+           'backbone_prefix', 'check_finite', 'convert_file', 'convert_from_ours', 'convert_key',
            'convert_state_dict', 'detect_format', 'infer_arch', 'load_pretrained', 'read_checkpoint',
            'split_backbone', 'unwrap_state_dict']

@@ -175,6 +175,18 @@ def _merge_alias(name, value, alias, alias_value, default, same=lambda a, b: a =
 
 _logged_mmpretrain_defaults = False
 
+# mmpretrain's (and mmcls') defaults for the two arguments whose defaults differ from ours.
+MMPRETRAIN_DEFAULTS = {'out_indices': -1, 'gap_before_final_norm': True}
+
+
+def mmpretrain_defaults(out_indices, gap_before_final_norm) -> tuple:
+    """Fill ``out_indices`` / ``gap_before_final_norm`` left as None with mmpretrain's defaults, as its class
+    would. Returns (out_indices, gap_before_final_norm, {name: default taken})."""
+    given = {'out_indices': out_indices, 'gap_before_final_norm': gap_before_final_norm}
+    taken = {name: value for name, value in MMPRETRAIN_DEFAULTS.items() if given[name] is None}
+    given.update(taken)
+    return given['out_indices'], given['gap_before_final_norm'], taken
+
 
 def _mmpretrain_scope() -> bool:
     """Whether the model is being built in mmpretrain's default scope (i.e. from an mmpretrain config)."""
@@ -514,11 +526,7 @@ class ConvNeXt(BaseModule):
         if not _mmpretrain_scope():
             return (out_indices if out_indices is not None else tuple(range(self.num_stages)),
                     False if gap_before_final_norm is None else gap_before_final_norm)
-        taken = {}
-        if out_indices is None:
-            out_indices = taken['out_indices'] = -1
-        if gap_before_final_norm is None:
-            gap_before_final_norm = taken['gap_before_final_norm'] = True
+        out_indices, gap_before_final_norm, taken = mmpretrain_defaults(out_indices, gap_before_final_norm)
         if not _logged_mmpretrain_defaults:
             _logged_mmpretrain_defaults = True
             from mmengine.logging import print_log

@@ -294,14 +294,19 @@ def test_checkpoint_of_another_variant_or_depth_is_an_error(tmp_path):
         _pretrained(tmp_path / 'atto.pth', arch=dict(depths=[2, 2, 8, 2], channels=[40, 80, 160, 320]))
 
 
-def test_convert_checkpoint_tool(tmp_path, capsys):
-    """timm -> ours -> timm through the tool's entry point (the CLI itself runs in test_layouts)."""
+def _convert_tool():
     import importlib.util
     import os
     spec = importlib.util.spec_from_file_location(
         'convert_checkpoint', os.path.join(os.path.dirname(__file__), '..', 'tools', 'convert_checkpoint.py'))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_convert_checkpoint_tool(tmp_path, capsys):
+    """timm -> ours -> timm through the tool's entry point (the CLI itself runs in test_layouts)."""
+    tool = _convert_tool()
     reference = randomize_(timm.create_model('convnext_atto', pretrained=False)).eval()
     torch.save({'model': reference.state_dict()}, tmp_path / 'timm.pth')
     tool.main([str(tmp_path / 'timm.pth'), str(tmp_path / 'ours.safetensors')])
@@ -317,3 +322,90 @@ def test_convert_checkpoint_tool(tmp_path, capsys):
     (tmp_path / 'bad.pth').write_bytes(b'junk')
     with pytest.raises(SystemExit, match=r"error: Checkpoint '.*bad.pth' is a text file"):
         tool.main([str(tmp_path / 'bad.pth'), str(tmp_path / 'x.pth')])
+
+
+# --- non-finite weights: one check on every loading path, naming the file and the keys -----------------------
+
+TINY = dict(arch=dict(depths=[1, 1, 1, 1], channels=[8, 16, 32, 64]))
+BAD_KEY = 'backbone.stages.2.0.pwconv1.weight'  # (128, 32): 4096 values
+_FIX = 're-download it, or pick an earlier checkpoint'
+
+
+class _Detector(torch.nn.Module):
+    """What a detector's load_from loads into, in miniature: our backbone and a head of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = ConvNeXt(**TINY)
+        self.head = torch.nn.Conv2d(64, 4, 1)
+
+
+def _detector_file(tmp_path, key=None, value=float('nan')):
+    sd = _Detector().state_dict()
+    if key is not None:
+        sd[key] = sd[key].clone()
+        sd[key].view(-1)[:3] = value
+    path = tmp_path / 'detector.pth'
+    torch.save({'state_dict': sd, 'meta': {'epoch': 12}}, path)
+    return path, sd
+
+
+def _refusal(path, key=BAD_KEY, counts='3 NaN', total=4096):
+    return (f"Checkpoint '{re.escape(str(path))}': 1 backbone tensor\\(s\\) hold non-finite values: "
+            f'{re.escape(key)} \\({counts} of {total} values\\)\\. The file is corrupt or was saved from a '
+            f'diverged run: {_FIX}')
+
+
+@pytest.mark.parametrize('value,counts', [(float('nan'), '3 NaN'), (float('-inf'), '3 Inf')])
+def test_load_checkpoint_refuses_non_finite_backbone_weights(tmp_path, value, counts):
+    """mmengine's load_checkpoint (a whole detector's checkpoint, as init_detector / tools/test.py load it)."""
+    from mmengine.runner import load_checkpoint
+    path, _ = _detector_file(tmp_path, BAD_KEY, value)
+    model = _Detector()
+    before = model.backbone.stages[2][0].pwconv1.weight.detach().clone()
+    with pytest.raises(CheckpointError, match=_refusal(path, counts=counts)):
+        load_checkpoint(model, str(path))
+    assert torch.equal(model.backbone.stages[2][0].pwconv1.weight, before)  # nothing half-loaded
+
+
+def test_runner_load_from_refuses_non_finite_backbone_weights(tmp_path):
+    from mmengine.runner import Runner
+    path, _ = _detector_file(tmp_path, BAD_KEY)
+    runner = Runner(model=_Detector(), work_dir=str(tmp_path / 'work'), load_from=str(path))
+    with pytest.raises(CheckpointError, match=_refusal(path)):
+        runner.load_or_resume()
+
+
+def test_load_checkpoint_clean_backbone_loads_and_the_head_is_not_ours_to_check(tmp_path):
+    """A clean file loads exactly; a NaN in the head is left to the detector's codebase (only the backbone's keys
+    are checked); a state dict not loaded from a file is refused without a file name."""
+    from mmengine.runner import load_checkpoint
+    for key in (None, 'head.weight'):
+        path, saved = _detector_file(tmp_path, key)
+        model = _Detector()
+        load_checkpoint(model, str(path))
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(value, saved[name], rtol=0, atol=0, equal_nan=True)
+    assert model.head.weight.isnan().sum() == 3
+    _, saved = _detector_file(tmp_path, BAD_KEY)
+    with pytest.raises(CheckpointError, match=f'^The checkpoint being loaded: .*{re.escape(BAD_KEY)} '):
+        _Detector().load_state_dict(saved)
+
+
+def test_init_cfg_and_convert_tool_refuse_non_finite_weights_with_the_same_message(tmp_path):
+    path, _ = _detector_file(tmp_path, BAD_KEY, float('inf'))
+    with pytest.raises(CheckpointError, match=_refusal(path, counts='3 Inf')):
+        _pretrained(path, **TINY)
+    with pytest.raises(SystemExit, match='error: ' + _refusal(path, counts='3 Inf')):
+        _convert_tool().main([str(path), str(tmp_path / 'out.pth')])
+    assert not (tmp_path / 'out.pth').exists()
+
+
+def test_non_finite_final_pooled_norm_is_refused_where_it_would_load(tmp_path):
+    """gap_before_final_norm mode loads a classifier's final pooled norm into the last output norm: checked too."""
+    ref = OfficialConvNeXt(depths=[1, 1, 1, 1], dims=[8, 16, 32, 64], out_indices=())
+    sd = dict(ref.state_dict(), **{'norm.weight': torch.full((64,), float('nan')), 'norm.bias': torch.zeros(64),
+                                   'head.weight': torch.zeros(10, 64), 'head.bias': torch.zeros(10)})
+    torch.save({'model': sd}, tmp_path / 'classifier.pth')
+    with pytest.raises(CheckpointError, match=_refusal(tmp_path / 'classifier.pth', 'norm.weight', '64 NaN', 64)):
+        _pretrained(tmp_path / 'classifier.pth', out_indices=-1, gap_before_final_norm=True, **TINY)
