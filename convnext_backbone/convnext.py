@@ -18,6 +18,7 @@ Numerics match the official formulation to float rounding (tested against it and
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from functools import partial
 from typing import Sequence
@@ -151,6 +152,65 @@ def resolve_kernel_sizes(kernel_size, num_stages: int) -> list[int]:
                          f'them (one per stage; an even kernel cannot keep the residual\'s size), '
                          f'got {kernel_size!r}.')
     return list(sizes)
+
+
+def resolve_output_stride(output_stride, stem_patch_size: int, num_stages: int):
+    """Each stage's downsampling stride and dilations for an ``output_stride`` (None: no dilation).
+
+    timm's rule (``timm.models.convnext.ConvNeXt``): the downsampling layers after the stem halve the resolution
+    until the network's stride reaches ``output_stride``; from there on they keep stride 1 and each stage that
+    would have downsampled doubles its blocks' depthwise dilation instead, while its 2x2 downsampling conv takes
+    timm's ``first_dilation`` (1 while the stage's dilation is 1 or 2, else 2: the previous stage's dilation).
+    Valid values are the strides stages 1.. have without dilation (8, 16, 32 with the paper's 4-pixel stem).
+    Returns ``(strides, conv_dilations, dilations)``, one entry per stage (``strides[0]`` is the stem's)."""
+    natural = [stem_patch_size * 2 ** i for i in range(1, num_stages)]
+    if output_stride is not None and (isinstance(output_stride, bool) or not isinstance(output_stride, int)
+                                      or output_stride not in natural):
+        valid = (f'None or one of {", ".join(map(str, natural))} (the strides this arch\'s stages after the first '
+                 f'have with stem_patch_size {stem_patch_size})') if natural else \
+            'None: this arch has one stage, no downsampling layer to keep at stride 1'
+        raise ValueError(f'ConvNeXt: output_stride must be {valid}, got {output_stride!r}.')
+    strides, conv_dilations, dilations = [stem_patch_size], [1], [1]
+    stride, dilation = stem_patch_size, 1
+    for _ in range(1, num_stages):
+        if output_stride is not None and stride >= output_stride:
+            strides.append(1)
+            dilation *= 2
+        else:
+            strides.append(2)
+            stride *= 2
+        conv_dilations.append(1 if dilation in (1, 2) else 2)
+        dilations.append(dilation)
+    return strides, conv_dilations, dilations
+
+
+class PadConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` (same parameters) that first zero-pads its input by ``pad`` = (left, right, top, bottom):
+    timm's ``Conv2dSame`` at stride 1, where the 'same' padding does not depend on the input size. (torch's own
+    ``padding='same'`` exports to ONNX as ``auto_pad=SAME_UPPER``, which ONNX Runtime rejects with dilation.)"""
+
+    def __init__(self, *args, pad: tuple[int, int, int, int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.pad))
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, pad={self.pad}'
+
+
+def downsample_conv(in_channels: int, out_channels: int, stride: int, dilation: int, bias: bool) -> nn.Conv2d:
+    """The 2x2 conv of a downsampling layer: stride 2 as in the paper, or (past the output stride) stride 1 with
+    timm's ``create_conv2d(..., padding='same')``: ``dilation`` pixels of zero padding, split evenly, the odd one
+    at the bottom / right, so the map keeps its size."""
+    if stride == 2:
+        return nn.Conv2d(in_channels, out_channels, kernel_size=2, stride=2, bias=bias)
+    before, after = dilation // 2, dilation - dilation // 2
+    if before == after:
+        return nn.Conv2d(in_channels, out_channels, kernel_size=2, padding=before, dilation=dilation, bias=bias)
+    return PadConv2d(in_channels, out_channels, kernel_size=2, dilation=dilation, bias=bias,
+                     pad=(before, after, before, after))
 
 
 class _NotGiven:
@@ -294,21 +354,23 @@ def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor
 
 
 class Block(nn.Module):
-    """dwconv KxK -> LN -> pointwise(4C) -> act [-> GRN] -> pointwise(C) [* gamma] -> drop path -> + input.
+    """dwconv KxK (dilated past the output stride) -> LN -> pointwise(4C) -> act [-> GRN] -> pointwise(C)
+    [* gamma] -> drop path -> + input.
 
     The pointwise layers are ``nn.Linear`` on the NHWC view (``linear_pw_conv=True``, the official form) or
     1x1 ``nn.Conv2d`` in a channels-first block (``linear_pw_conv=False``, mmpretrain's other form); the
     parameter names are the same either way and a state dict of one form loads into the other (the backbone's
     loading hook reshapes the weights). ``fast_path_ok`` says whether the configuration is one the CPU kernels
-    implement (linear pointwise layers, exact GELU); any other runs the plain ops below.
+    implement (linear pointwise layers, exact GELU, undilated depthwise conv); any other runs the plain ops below.
     """
 
     def __init__(self, dim: int, drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-6,
                  use_grn: bool = False, mlp_ratio: int = 4, kernel_size: int = 7, conv_bias: bool = True,
-                 norm_eps: float = 1e-6, act_cfg: dict | None = None, linear_pw_conv: bool = True):
+                 norm_eps: float = 1e-6, act_cfg: dict | None = None, linear_pw_conv: bool = True,
+                 dilation: int = 1):
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=kernel_size, padding=kernel_size // 2, groups=dim,
-                                bias=conv_bias)
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=kernel_size, padding=dilation * (kernel_size // 2),
+                                dilation=dilation, groups=dim, bias=conv_bias)
         self.linear_pw_conv = linear_pw_conv
         self.norm = (LayerNorm if linear_pw_conv else LayerNorm2d)(dim, eps=norm_eps)
         pointwise = nn.Linear if linear_pw_conv else partial(nn.Conv2d, kernel_size=1)
@@ -320,7 +382,8 @@ class Block(nn.Module):
                       if layer_scale_init_value > 0 else None)
         self.drop_path_rate = drop_path_rate
         self.low_memory = False  # set under activation checkpointing: recompute rather than keep the GELU output
-        self.fast_path_ok = (linear_pw_conv and type(self.act) is nn.GELU and self.act.approximate == 'none')
+        self.fast_path_ok = (linear_pw_conv and type(self.act) is nn.GELU and self.act.approximate == 'none'
+                             and dilation == 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # float32 CPU, eager or torch.compile: the same block through fused kernels (where they implement it)
@@ -357,7 +420,8 @@ class Block(nn.Module):
 
 
 class ConvNeXt(BaseModule):
-    """ConvNeXt V1/V2 backbone returning normalised multi-scale features (strides 4, 8, 16, 32).
+    """ConvNeXt V1/V2 backbone returning normalised multi-scale features (strides 4, 8, 16, 32; with
+    ``output_stride`` 16 or 8 the last stages dilate instead of downsampling: see :attr:`out_strides`).
 
     Accepts every argument of mmpretrain 1.2's ``ConvNeXt`` (same meaning, same positional order), the
     official facebookresearch names, and timm's ablation knobs. Where a default differs from mmpretrain's it
@@ -405,6 +469,12 @@ class ConvNeXt(BaseModule):
         kernel_size: the depthwise conv's kernel, one odd int or one per stage (the paper's 3..11 ablation;
             timm's ``kernel_sizes``, also accepted under that name). mmpretrain has no such argument (7).
         conv_bias: bias in the stem, downsampling and depthwise convs (timm's ``conv_bias``; default True).
+        output_stride: the stride at which downsampling stops, timm's ``output_stride``: 16 or 8 (DeepLab,
+            PSPNet) keep the last one or two downsampling layers at stride 1 and dilate the following stages'
+            depthwise convs (2, then 4) instead; same parameters, so every checkpoint loads. None (default) or
+            32 is the paper's network; valid values are the strides of stages 1.. (8, 16, 32 with the 4-pixel
+            stem). Dilated blocks run the plain ops (the CPU kernels' depthwise conv is undilated). The
+            per-stage ``strides`` and ``dilations`` (mmseg ResNet's names) are attributes; see :attr:`out_strides`.
         ls_init_value: timm's name for ``layer_scale_init_value`` (None disables layer scale, as 0 does);
             giving both with different values raises ValueError.
         in_chans, depths, dims: the official facebookresearch config names for in_channels / arch.
@@ -429,6 +499,7 @@ class ConvNeXt(BaseModule):
                  channels_last: bool = False,
                  kernel_size=NOT_GIVEN,
                  conv_bias: bool = True,
+                 output_stride: int | None = None,
                  ls_init_value=NOT_GIVEN,
                  kernel_sizes=NOT_GIVEN,
                  in_chans: int | None = None,
@@ -487,6 +558,10 @@ class ConvNeXt(BaseModule):
         self.use_grn = use_grn
         self.layer_scale_init_value = layer_scale_init_value
         self.linear_pw_conv = linear_pw_conv
+        self.output_stride = output_stride
+        # per stage: the downsampling stride (the stem's first), its 2x2 conv's dilation, the blocks' dilation
+        strides, conv_dilations, dilations = resolve_output_stride(output_stride, stem_patch_size, self.num_stages)
+        self.strides, self.dilations = tuple(strides), tuple(dilations)
 
         self.downsample_layers = nn.ModuleList()
         self.downsample_layers.append(nn.Sequential(
@@ -496,7 +571,7 @@ class ConvNeXt(BaseModule):
         for i in range(1, self.num_stages):
             self.downsample_layers.append(nn.Sequential(
                 LayerNorm2d(self.channels[i - 1], eps=norm_eps),
-                nn.Conv2d(self.channels[i - 1], self.channels[i], kernel_size=2, stride=2, bias=conv_bias)))
+                downsample_conv(self.channels[i - 1], self.channels[i], strides[i], conv_dilations[i], conv_bias)))
 
         rates = torch.linspace(0, drop_path_rate, sum(self.depths), device='cpu').tolist()
         self.stages = nn.ModuleList()
@@ -504,7 +579,8 @@ class ConvNeXt(BaseModule):
             first = sum(self.depths[:i])
             self.stages.append(nn.Sequential(*[
                 Block(dim, rates[first + j], layer_scale_init_value, use_grn, kernel_size=self.kernel_sizes[i],
-                      conv_bias=conv_bias, norm_eps=norm_eps, act_cfg=act_cfg, linear_pw_conv=linear_pw_conv)
+                      conv_bias=conv_bias, norm_eps=norm_eps, act_cfg=act_cfg, linear_pw_conv=linear_pw_conv,
+                      dilation=dilations[i])
                 for j in range(depth)]))
             for block in self.stages[-1]:
                 block.low_memory = self._checkpointed(i)
@@ -564,6 +640,13 @@ class ConvNeXt(BaseModule):
     @property
     def out_channels(self) -> list[int]:
         return [self.channels[i] for i in self.out_indices]
+
+    @property
+    def out_strides(self) -> list[int]:
+        """Input pixels per feature pixel of each returned map, parallel to :attr:`out_channels`: 4, 8, 16, 32;
+        at ``output_stride`` 16: 4, 8, 16, 16; at 8: 4, 8, 8, 8."""
+        stage_strides = [math.prod(self.strides[:i + 1]) for i in range(self.num_stages)]
+        return [stage_strides[i] for i in self.out_indices]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = x.contiguous(memory_format=torch.channels_last)

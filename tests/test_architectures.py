@@ -126,8 +126,9 @@ def _sem_fpn(model):
 
 def _deeplabv3plus(model):
     _seg_size(model)
-    # ASPP on the last stage, low-level features from stage 0 (stride 4), as the stock head expects
-    assert model.decode_head.in_index == 3 and model.decode_head.c1_in_channels == 256
+    # ASPP on the last stage, low-level features from stage 0 (stride 4): ResNet-50's 256 channels (the stock
+    # config), ConvNeXt-T's 96 (our recipe)
+    assert model.decode_head.in_index == 3 and model.decode_head.c1_in_channels in (256, 96)
     model.decode_head.update(in_channels=TINY['channels'][3], c1_in_channels=TINY['channels'][0], channels=32)
     model.auxiliary_head.update(in_channels=TINY['channels'][model.auxiliary_head.in_index], channels=16)
 
@@ -287,6 +288,7 @@ RECIPES = {
     'detection/mask2former_convnext_t_50e': 'mask2former_instance',
     'segmentation/mask2former_convnext_t_512_160k_ade20k': 'mask2former_semantic',
     'segmentation/mask2former_convnext_b_512_160k_ade20k': 'mask2former_semantic',
+    'segmentation/deeplabv3plus_convnext_t_os8_512_80k_ade20k': 'deeplabv3plus',  # output stride 8
 }
 
 
@@ -374,7 +376,8 @@ def train_and_predict(cfg, frozen_stages, with_cp, decay, masks, monkeypatch):
     if backbone.gap_before_final_norm:  # pooled, then the last norm
         expected = [(2, TINY['channels'][i]) for i in backbone.out_indices]
     else:
-        expected = [(2, TINY['channels'][i], SIZE // 2 ** (i + 2), SIZE // 2 ** (i + 2)) for i in backbone.out_indices]
+        expected = [(2, TINY['channels'][i], SIZE // s, SIZE // s) for i, s in zip(backbone.out_indices,
+                                                                                    backbone.out_strides)]
     assert [tuple(f.shape) for f in features] == expected
     assert len(outputs) == 2
     for out in outputs:

@@ -174,13 +174,18 @@ def test_jit_trace(model):
     assert max_diff(traced(x), eager(model, x)) < 1e-5
 
 
-def test_onnx_torchscript_exporter_dynamic_shapes_in_onnxruntime(model, tmp_path):
-    path = str(tmp_path / 'convnext.onnx')
+def torchscript_onnx(model, path):
+    """The TorchScript exporter, opset 17, batch / height / width dynamic in the input and every output."""
     names = [f'out{i}' for i in range(4)]
     torch.onnx.export(model, (inputs(EXPORT_INPUT),), path, dynamo=False, opset_version=17, input_names=['image'],
                       output_names=names,
                       dynamic_axes={n: {0: 'batch', 2: f'{n}_h', 3: f'{n}_w'} for n in ['image', *names]})
     assert_portable_and_dynamic(path)
+
+
+def test_onnx_torchscript_exporter_dynamic_shapes_in_onnxruntime(model, tmp_path):
+    path = str(tmp_path / 'convnext.onnx')
+    torchscript_onnx(model, path)
     assert onnx.load(path).opset_import[0].version == 17
     for shape in (EXPORT_INPUT, SECOND_INPUT):
         x = inputs(shape, seed=1)
@@ -207,6 +212,21 @@ def test_onnx_dynamo_exporter_in_onnxruntime(model, exported_program, tmp_path):
     for shape in (EXPORT_INPUT, SECOND_INPUT):
         x = inputs(shape, seed=1)
         assert max_diff(ort_outputs(path, x), eager(model, x)) < 1e-4
+
+
+@pytest.mark.parametrize('version', ['v1', 'v2'])
+def test_output_stride_8_jit_trace_and_onnxruntime(version, tmp_path):
+    """Dilated stages (stride-1 downsampling with its asymmetric 'same' zero pad, dilated depthwise convs) trace
+    and export with dynamic shapes: equal to eager at a second size."""
+    model = tiny(version, output_stride=8).eval()
+    traced = torch.jit.trace(model, inputs(EXPORT_INPUT))
+    path = str(tmp_path / 'convnext_os8.onnx')
+    torchscript_onnx(model, path)
+    x = inputs(SECOND_INPUT, seed=1)
+    expected = eager(model, x)
+    assert [tuple(e.shape[2:]) for e in expected] == [(24, 40), (12, 20), (12, 20), (12, 20)]
+    assert max_diff(traced(x), expected) < 1e-5
+    assert max_diff(ort_outputs(path, x), expected) < 1e-4
 
 
 # --- tools/export.py ---------------------------------------------------------------------------------------

@@ -50,6 +50,11 @@ RECIPES = {
     'mask2former_convnext_b_512_160k_ade20k': ('mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py', 'base',
                                                0.4, 12, 'convnext_base_1k_224.pth'),
 }
+# A dilated recipe beyond the paper (no published number; reasoning in the config): config: its stock mmseg base,
+# whose ResNetV1c-50-D8 it replaces by ConvNeXt-T at the same output stride. test_architectures.py trains it one step.
+DILATED = {
+    'deeplabv3plus_convnext_t_os8_512_80k_ade20k': 'deeplabv3plus/deeplabv3plus_r50-d8_4xb4-80k_ade20k-512x512.py',
+}
 STOCK = sorted(os.path.basename(p) for p in glob.glob(os.path.join(
     os.path.dirname(__import__('mmseg').__file__), '.mim', 'configs', 'convnext', '*.py')))
 
@@ -144,7 +149,7 @@ def lr_of(model, optim_wrapper):
 
 def test_every_recipe_is_tested():
     assert sorted(os.path.splitext(f)[0] for f in os.listdir(SEG_DIR) if f.endswith('.py')) == sorted(
-        [*PAPER, *RECIPES])
+        [*PAPER, *RECIPES, *DILATED])
 
 
 def _without_scope(cfg):
@@ -184,6 +189,43 @@ def test_recipe_beyond_the_paper_inherits_the_stock_one(name):
         c.pop('checkpoint_file', None)
     assert cfg.optim_wrapper.pop('constructor') == 'ConvNeXtLayerDecayOptimizerConstructor'
     cfg.model.decode_head.in_channels = stock.model.decode_head.in_channels
+    assert _without_scope(cfg.to_dict()) == _without_scope(stock.to_dict())
+
+
+@pytest.mark.parametrize('name', sorted(DILATED))
+def test_dilated_recipe_inherits_the_stock_one(name):
+    """The stock DeepLabV3+ recipe but for the backbone (ConvNeXt-T at the stock ResNetV1c's output stride 8), the
+    heads' input channels and the optimizer (the paper's ADE20K AdamW with stage-wise decay, and the schedule
+    it needs: the stock poly decay would stop at its eta_min 1e-4, AdamW's lr)."""
+    cfg, stock = ours(name), load('mmseg::' + DILATED[name])
+    backbone, channels = cfg.model.backbone, ARCH_SETTINGS['tiny'][1]
+    assert cfg.custom_imports == dict(imports=['convnext_backbone'], allow_failed_imports=False)
+    assert (stock.model.backbone.strides, stock.model.backbone.dilations) == ((1, 2, 1, 1), (1, 1, 2, 4))
+    assert (backbone.type, backbone.arch, tuple(backbone.out_indices), backbone.output_stride, backbone.drop_path_rate,
+            backbone.layer_scale_init_value) == ('ConvNeXt', 'tiny', (0, 1, 2, 3), 8, 0.3, 1.0)
+    assert backbone.init_cfg == dict(type='Pretrained', checkpoint=URL + 'convnext_tiny_1k_224.pth')
+    assert cfg.model.pretrained is None  # the stock ResNet checkpoint would be handed to our backbone
+    decode, aux = cfg.model.decode_head, cfg.model.auxiliary_head
+    assert (decode.in_index, decode.in_channels, decode.c1_in_channels) == (3, channels[3], channels[0])
+    assert (aux.in_index, aux.in_channels) == (2, channels[2])
+    optim = cfg.optim_wrapper
+    assert (optim.type, optim.clip_grad) == (stock.optim_wrapper.type, stock.optim_wrapper.clip_grad)
+    assert dict(optim.optimizer) == dict(cfg.optimizer) == dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999),
+                                                                 weight_decay=0.05)
+    assert optim.constructor == 'ConvNeXtLayerDecayOptimizerConstructor'
+    assert dict(optim.paramwise_cfg) == dict(decay_rate=0.9, decay_type='stage_wise', num_layers=6)
+    warmup, poly = cfg.param_scheduler
+    assert (warmup.type, warmup.start_factor, warmup.begin, warmup.end) == ('LinearLR', 1e-6, 0, 1500)
+    assert (poly.type, poly.power, poly.eta_min, poly.begin, poly.end) == ('PolyLR', 1.0, 0.0, 1500,
+                                                                           stock.train_cfg.max_iters)
+    for c in (cfg, stock):
+        for key in ('backbone', 'pretrained'):
+            c.model.pop(key)
+        for key in ('in_channels', 'c1_in_channels'):
+            c.model.decode_head.pop(key)
+        c.model.auxiliary_head.pop('in_channels')
+        for key in ('optimizer', 'optim_wrapper', 'param_scheduler', 'custom_imports', 'checkpoint_file'):
+            c.pop(key, None)
     assert _without_scope(cfg.to_dict()) == _without_scope(stock.to_dict())
 
 

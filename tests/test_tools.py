@@ -1,10 +1,12 @@
 """The benchmark and FLOPs tools run and report what they promise (no timing assertions)."""
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 TOOLS = os.path.join(os.path.dirname(__file__), '..', 'tools')
 
@@ -52,6 +54,26 @@ def test_backbone_flops_match_the_paper(arch, expected):
 
 def test_get_flops_cli():
     assert re.search(r'ConvNeXt-atto backbone at 224x224: FLOPs 0\.55G, params 3\.4M', _run('get_flops.py', '--arch', 'atto'))
+
+
+def test_benchmark_output_stride_builds_ours_and_timm_dilated():
+    spec = importlib.util.spec_from_file_location('benchmark', os.path.join(TOOLS, 'benchmark.py'))
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    assert benchmark.parse_args(['backbone', '--output-stride', '8']).output_stride == 8
+    assert benchmark.parse_args(['backbone']).output_stride == 32
+    x = torch.zeros(1, 3, 64, 64)
+    with torch.no_grad():
+        for impl in ('ours', 'timm'):
+            model = benchmark.build_backbone(impl, 'atto', 'eager', 8).eval()
+            assert [tuple(o.shape[2:]) for o in model(x)] == [(16, 16), (8, 8), (8, 8), (8, 8)], impl
+
+
+def test_get_flops_output_stride(capsys):
+    from convnext_backbone.tools.get_flops import backbone_complexity, main
+    macs = main(['--arch', 'atto', '--size', '64', '--output-stride', '16'])
+    assert re.search(r'ConvNeXt-atto backbone at 64x64 \(output stride 16\): FLOPs \d\.\d\dG', capsys.readouterr().out)
+    assert macs == backbone_complexity('atto', (64, 64), output_stride=16)[0] > backbone_complexity('atto', (64, 64))[0]
 
 
 def test_analyze_logs_plots_and_times(tmp_path):

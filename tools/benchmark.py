@@ -7,6 +7,7 @@ own fresh process so that peak memory is per configuration):
     python tools/benchmark.py backbone --arch tiny --size 800 1216 --batch 1 --step forward
     python tools/benchmark.py backbone --arch tiny --size 224 --batch 8 --step train --modes eager with_cp
     python tools/benchmark.py backbone --arch tiny --size 224 --batch 8 --step train --profile   # per-op table
+    python tools/benchmark.py backbone --arch tiny --size 512 --batch 2 --output-stride 8  # both dilated
 
 Modes: eager (default), channels_last (input handed over in channels-last memory format), compile
 (torch.compile), compile_freezing (torch.compile with inductor's freezing=True; inference), with_cp (activation
@@ -63,24 +64,24 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_backbone(impl: str, arch: str, mode: str):
+def build_backbone(impl: str, arch: str, mode: str, output_stride: int = 32):
     if impl == 'ours':
         import convnext_backbone  # noqa: F401
         from convnext_backbone import ConvNeXt
-        return ConvNeXt(arch, with_cp=(mode == 'with_cp'))
+        return ConvNeXt(arch, with_cp=(mode == 'with_cp'), output_stride=output_stride)
     timm = require('timm', 'the timm reference of tools/benchmark.py')
     model = timm.create_model(f'convnext_{arch}', pretrained=False, features_only=True,
-                              out_indices=(0, 1, 2, 3))
+                              out_indices=(0, 1, 2, 3), output_stride=output_stride)
     if mode == 'with_cp':
         model.set_grad_checkpointing(True)
     return model
 
 
-def _setup(impl, arch, mode, size, batch, step, dtype, device):
+def _setup(impl, arch, mode, size, batch, step, dtype, device, output_stride=32):
     torch.manual_seed(0)
     device = torch.device(device)
     dtype = getattr(torch, dtype)
-    model = build_backbone(impl, arch, mode).to(device)
+    model = build_backbone(impl, arch, mode, output_stride).to(device)
     x = torch.randn(batch, 3, *size, device=device)
     if mode == 'channels_last':
         model = model.to(memory_format=torch.channels_last)
@@ -107,17 +108,19 @@ def _setup(impl, arch, mode, size, batch, step, dtype, device):
     return run
 
 
-def time_backbones(arch, mode, size, batch, step, dtype, device, warmup, repeat, threads, modes=None) -> dict:
+def time_backbones(arch, mode, size, batch, step, dtype, device, warmup, repeat, threads, modes=None,
+                   output_stride=32) -> dict:
     """Seconds per step of ours and timm's, interleaved step by step in one process so that drifting
     machine speed (shared or throttled CPUs) hits both equally; median and min of ``repeat`` steps.
     With ``modes``, every (impl, mode) pair is interleaved, keyed ``'impl mode'``."""
     if threads:
         torch.set_num_threads(threads)
     if modes:
-        runs = {f'{impl} {m}': _setup(impl, arch, m, size, batch, step, dtype, device)
+        runs = {f'{impl} {m}': _setup(impl, arch, m, size, batch, step, dtype, device, output_stride)
                 for m in modes for impl in ('ours', 'timm')}
     else:
-        runs = {impl: _setup(impl, arch, mode, size, batch, step, dtype, device) for impl in ('ours', 'timm')}
+        runs = {impl: _setup(impl, arch, mode, size, batch, step, dtype, device, output_stride)
+                for impl in ('ours', 'timm')}
     times = {impl: [] for impl in runs}
     for i in range(warmup + repeat):
         for impl, run in runs.items():
@@ -128,12 +131,12 @@ def time_backbones(arch, mode, size, batch, step, dtype, device, warmup, repeat,
     return {impl: dict(median=statistics.median(t), min=min(t)) for impl, t in times.items()}
 
 
-def measure_memory(impl, arch, mode, size, batch, step, dtype, device, threads) -> dict:
+def measure_memory(impl, arch, mode, size, batch, step, dtype, device, threads, output_stride=32) -> dict:
     """Peak memory of one configuration, in this (fresh) process: CUDA max allocated, or on CPU the peak RSS
     and its rise over the RSS before the first step (activations, gradients, workspace)."""
     if threads:
         torch.set_num_threads(threads)
-    run = _setup(impl, arch, mode, size, batch, step, dtype, device)
+    run = _setup(impl, arch, mode, size, batch, step, dtype, device, output_stride)
     if device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
         run()
@@ -146,16 +149,17 @@ def measure_memory(impl, arch, mode, size, batch, step, dtype, device, threads) 
     return dict(peak_mib=peak, rise_mib=peak - before)
 
 
-def profile_backbones(arch, mode, size, batch, step, dtype, device, warmup, repeat, threads) -> dict:
+def profile_backbones(arch, mode, size, batch, step, dtype, device, warmup, repeat, threads,
+                      output_stride=32) -> dict:
     """Per-op breakdown of ours and timm's step: self time per op (torch.profiler, ``repeat`` steps after
-    ``warmup``), ms per step, the ``top`` ops of each; the ops that differ most are where a regression is."""
+    ``warmup``), ms per step, every op sorted by time; the ops that differ most are where a regression is."""
     from torch.profiler import ProfilerActivity, profile
     if threads:
         torch.set_num_threads(threads)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith('cuda') else [])
     result = {}
     for impl in ('ours', 'timm'):
-        run = _setup(impl, arch, mode, size, batch, step, dtype, device)
+        run = _setup(impl, arch, mode, size, batch, step, dtype, device, output_stride)
         for _ in range(warmup):
             run()
         with profile(activities=activities) as prof:
@@ -200,8 +204,9 @@ def _in_subprocess(kind, **kwargs) -> dict:
 def cmd_backbone(args):
     size = args.size if len(args.size) == 2 else args.size * 2
     common = dict(arch=args.arch, size=size, batch=args.batch, step=args.step, dtype=args.dtype,
-                  device=args.device, threads=args.threads)
-    print(f'ConvNeXt-{args.arch} {args.step} step, batch {args.batch}, {size[0]}x{size[1]}, {args.dtype}, '
+                  device=args.device, threads=args.threads, output_stride=args.output_stride)
+    print(f'ConvNeXt-{args.arch} (output stride {args.output_stride}) {args.step} step, batch {args.batch}, '
+          f'{size[0]}x{size[1]}, {args.dtype}, '
           f'{args.device}, {args.threads or torch.get_num_threads()} threads; time: ours and timm interleaved, '
           f'{args.repeat} steps after {args.warmup} warm-up')
     results = {}
@@ -309,6 +314,8 @@ def parse_args(argv=None):
     bb.add_argument('--batch', type=int, default=8)
     bb.add_argument('--step', choices=['train', 'forward'], default='train')
     bb.add_argument('--dtype', choices=['float32', 'bfloat16', 'float16'], default='float32')
+    bb.add_argument('--output-stride', type=int, choices=[8, 16, 32], default=32,
+                    help='output_stride of both backbones (16, 8: the last stages dilated)')
     bb.add_argument('--modes', nargs='+', default=['eager'],
                     choices=['eager', 'channels_last', 'compile', 'compile_freezing', 'with_cp'])
     bb.add_argument('--profile', action='store_true',

@@ -1,6 +1,7 @@
 """Parameters and FLOPs (multiply-accumulates, the paper's convention) of a ConvNeXt backbone or a whole model.
 
     python tools/get_flops.py --arch tiny --size 224                      # backbone, 224x224
+    python tools/get_flops.py --arch tiny --size 512 --output-stride 8    # dilated backbone (DeepLab-style)
     python tools/get_flops.py --config configs/detection/mask_rcnn_convnext_t_3x.py --size 800 1280
     python tools/get_flops.py --config configs/segmentation/upernet_convnext_t_512_160k_ade20k.py --size 512 2048
 
@@ -72,6 +73,8 @@ def main(argv=None):
     parser.add_argument('--arch', default='tiny', help='backbone arch (ignored with --config)')
     parser.add_argument('--config', help='a detector / segmentor config (mmdet::, mmseg:: for packaged ones)')
     parser.add_argument('--size', type=int, nargs='+', default=[224], help='H [W]')
+    parser.add_argument('--output-stride', type=int,
+                        help="the backbone's output_stride, 16 or 8 (ignored with --config)")
     args = parser.parse_args(argv)
     size = args.size if len(args.size) == 2 else args.size * 2
     if args.config:
@@ -79,8 +82,9 @@ def main(argv=None):
         print(f'{args.config} at {size[0]}x{size[1]} (HxW): FLOPs {macs / 1e9:.1f}G, params {params / 1e6:.1f}M '
               f'(backbone {backbone / 1e6:.1f}M)')
     else:
-        macs, params = backbone_complexity(args.arch, size)
-        print(f'ConvNeXt-{args.arch} backbone at {size[0]}x{size[1]}: FLOPs {macs / 1e9:.2f}G, '
+        macs, params = backbone_complexity(args.arch, size, output_stride=args.output_stride)
+        at_stride = f' (output stride {args.output_stride})' if args.output_stride else ''
+        print(f'ConvNeXt-{args.arch} backbone at {size[0]}x{size[1]}{at_stride}: FLOPs {macs / 1e9:.2f}G, '
               f'params {params / 1e6:.1f}M')
     return macs
 

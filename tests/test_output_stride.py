@@ -1,0 +1,190 @@
+"""output_stride 16 / 8: timm's dilated ConvNeXt (same features with the same weights), the same parameters as the
+paper's network, the per-stage strides, the CPU kernels stepping aside for dilated blocks, with_cp, frozen
+stages, channels_last and layer decay at a dilated stride, and one clear error for every bad value.
+(Export at stride 8: tests/test_export.py; the DeepLabV3+ OS8 recipe: test_architectures / test_segmentation.)"""
+import re
+
+import pytest
+import timm
+import torch
+
+from convnext_backbone import ConvNeXt, cpu_kernels
+from convnext_backbone.convnext import Block, PadConv2d
+from reference_convnext import OfficialConvNeXt, randomize_
+from test_checkpoint import _layer_norm_2d, _pretrained
+from test_layer_decay import _build, _per_param
+
+TINY = dict(depths=[1, 2, 2, 1], channels=[8, 16, 24, 32])
+STRIDES = {None: ((4, 2, 2, 2), (1, 1, 1, 1), [4, 8, 16, 32]),
+           32: ((4, 2, 2, 2), (1, 1, 1, 1), [4, 8, 16, 32]),
+           16: ((4, 2, 2, 1), (1, 1, 1, 2), [4, 8, 16, 16]),
+           8: ((4, 2, 1, 1), (1, 1, 2, 4), [4, 8, 8, 8])}
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _timm_layout(features_only_state_dict):
+    """timm's features_only model (FeatureListNet) names its modules stem_0, stages_1, ...: the timm layout."""
+    return {re.sub(r'^(stem|stages)_(\d+)\.', r'\1.\2.', k): v for k, v in features_only_state_dict.items()}
+
+
+@pytest.mark.parametrize('output_stride', [16, 8])
+@pytest.mark.parametrize('timm_name,arch,v2,size', [
+    ('convnext_atto', 'atto', False, (64, 96)), ('convnextv2_atto', 'atto', True, (64, 96)),
+    ('convnext_tiny', 'tiny', False, (64, 64)), ('convnextv2_tiny', 'tiny', True, (64, 64))])
+def test_timm_features_at_output_stride(tmp_path, timm_name, arch, v2, size, output_stride):
+    """timm's features_only model at the same output_stride, its weights loaded into ours: the same four maps
+    (ours through identity output norms) and the same strides."""
+    reference = randomize_(timm.create_model(timm_name, pretrained=False, features_only=True,
+                                             output_stride=output_stride)).eval()
+    torch.save(_timm_layout(reference.state_dict()), tmp_path / 'timm.pth')
+    ours = _pretrained(tmp_path / 'timm.pth', arch=arch, use_grn=v2, layer_scale_init_value=0 if v2 else 1e-6,
+                       output_stride=output_stride)
+    assert ours.out_strides == reference.feature_info.reduction() == STRIDES[output_stride][2]
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        outs, feats = ours(x), reference(x)
+    assert [o.shape for o in outs] == [f.shape for f in feats]
+    for out, feat in zip(outs, feats):
+        assert (out - _layer_norm_2d(feat)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize('output_stride', [None, 32, 16, 8])
+def test_strides_dilations_and_out_strides(output_stride):
+    strides, dilations, out_strides = STRIDES[output_stride]
+    model = ConvNeXt(TINY, output_stride=output_stride)
+    assert (model.strides, model.dilations, model.out_strides) == (strides, dilations, out_strides)
+    assert [block.dwconv.dilation for stage in model.stages for block in stage] == [
+        (d, d) for d, depth in zip(dilations, TINY['depths']) for _ in range(depth)]
+    assert model.out_channels == TINY['channels']  # unchanged
+    subset = ConvNeXt(TINY, output_stride=output_stride, out_indices=(1, 3))
+    assert subset.out_strides == [out_strides[1], out_strides[3]]
+    outs = model(torch.randn(1, 3, 64, 96))
+    assert [tuple(o.shape[2:]) for o in outs] == [(64 // s, 96 // s) for s in out_strides]
+
+
+def test_default_and_32_are_the_papers_network_bit_for_bit():
+    default = randomize_(ConvNeXt(TINY)).eval()
+    os32 = ConvNeXt(TINY, output_stride=32).eval()
+    os32.load_state_dict(default.state_dict())
+    assert repr(default) == repr(os32) and 'dilation' not in repr(default) and 'PadConv2d' not in repr(default)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(default(x), os32(x)))
+
+
+@pytest.mark.parametrize('output_stride', [16, 8])
+@pytest.mark.parametrize('kwargs', [dict(), dict(use_grn=True, layer_scale_init_value=0.0),
+                                    dict(linear_pw_conv=False)], ids=['v1', 'v2', 'conv_pw'])
+def test_same_parameters_as_the_papers_network(output_stride, kwargs):
+    """Dilation changes no weight's shape: the state dict (keys and shapes) is the OS32 model's, so every
+    checkpoint layout loads as before (the official one strictly, here)."""
+    def shapes(model):
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    dilated = ConvNeXt(TINY, output_stride=output_stride, **kwargs)
+    assert shapes(dilated) == shapes(ConvNeXt(TINY, **kwargs))
+    official = randomize_(OfficialConvNeXt(depths=TINY['depths'], dims=TINY['channels'],
+                                           use_grn=kwargs.get('use_grn', False),
+                                           layer_scale_init_value=kwargs.get('layer_scale_init_value', 1e-6)))
+    dilated.load_state_dict(official.state_dict())  # strict (the official keys are ours, output norms included)
+    assert torch.equal(dilated.downsample_layers[3][1].weight, official.downsample_layers[3][1].weight)
+
+
+@pytest.mark.skipif(not cpu_kernels.ONEDNN, reason='this torch build has no oneDNN fused linear')
+@pytest.mark.parametrize('output_stride', [16, 8])
+def test_dilated_blocks_run_plain_ops_undilated_ones_the_kernels(output_stride, monkeypatch):
+    """The fused kernels' depthwise conv is undilated: dilated blocks must step aside (fast_path_ok False); the
+    stages before the dilation keep the kernels, in inference and training alike, with plain-op numbers."""
+    model = randomize_(ConvNeXt(TINY, output_stride=output_stride))
+    dilations = STRIDES[output_stride][1]
+    blocks = [(block, d) for stage, d in zip(model.stages, dilations) for block in stage]
+    assert [block.fast_path_ok for block, _ in blocks] == [d == 1 for _, d in blocks]
+    fused = []
+    original = cpu_kernels.block_forward
+    monkeypatch.setattr(cpu_kernels, 'block_forward', lambda block, x: fused.append(block) or original(block, x))
+    x = torch.randn(2, 3, 64, 64)
+    for train in (False, True):
+        fused.clear()
+        model.train(train)
+        with torch.set_grad_enabled(train):
+            outs = model(x)
+        assert fused == [block for block, d in blocks if d == 1], train
+        with cpu_kernels.plain_ops(), torch.set_grad_enabled(train):
+            expected = model(x)
+        assert all((a - b).abs().max() < 1e-5 for a, b in zip(outs, expected))
+
+
+def _grads(model, x):
+    outs = model(x)
+    sum((o * (i + 1)).mean() for i, o in enumerate(outs)).backward()
+    return outs, {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_training_step_with_cp_frozen_stages_and_channels_last_at_output_stride_8(monkeypatch):
+    torch.manual_seed(0)
+    plain = randomize_(ConvNeXt(TINY, output_stride=8, frozen_stages=1, drop_path_rate=0.2)).train()
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(1)
+    outs_plain, grads_plain = _grads(plain, x)
+    calls = []
+    forward = Block.forward
+    monkeypatch.setattr(Block, 'forward', lambda self, x: calls.append(1) or forward(self, x))
+    for kwargs in (dict(with_cp=True), dict(channels_last=True)):
+        calls.clear()
+        other = ConvNeXt(TINY, output_stride=8, frozen_stages=1, drop_path_rate=0.2, **kwargs).train()
+        other.load_state_dict(plain.state_dict())
+        torch.manual_seed(1)  # the same drop-path masks
+        outs, grads = _grads(other, x)
+        for a, b in zip(outs, outs_plain):
+            assert torch.allclose(a, b, atol=1e-6), kwargs
+        for name, g in grads_plain.items():
+            frozen = name.startswith(('downsample_layers.0.', 'stages.0.'))
+            assert (grads[name] is None) == frozen == (g is None), name
+            assert frozen or (torch.isfinite(grads[name]).all() and torch.allclose(grads[name], g, atol=1e-6)), name
+        if kwargs.get('with_cp'):  # the unfrozen blocks before the last stage ran again in backward
+            assert len(calls) == sum(TINY['depths']) + sum(TINY['depths'][1:3])
+        else:
+            assert all(o.is_contiguous(memory_format=torch.channels_last) for o in outs)
+
+
+def test_layer_decay_groups_do_not_change_with_output_stride():
+    """A parameter's depth is its name's: the same groups (lr, weight decay, parameters) at OS8 as at OS32."""
+    def groups(output_stride):
+        with torch.device('meta'):
+            model = ConvNeXt('tiny', output_stride=output_stride)
+        return _per_param(_build(model, decay_rate=0.7, decay_type='layer_wise', num_layers=6,
+                                 backbone_prefix=''), model)
+    os32 = groups(None)
+    assert groups(8) == os32 and len(set(os32.values())) > 6
+
+
+@pytest.mark.parametrize('output_stride', [4, 12, 0, -8, 64, 16.0, '16', True, [16]])
+def test_bad_output_stride_names_the_valid_values(output_stride):
+    with pytest.raises(ValueError, match=r'output_stride must be None or one of 8, 16, 32 \(the strides this '
+                                         r"arch's stages after the first have with stem_patch_size 4\), got "):
+        ConvNeXt(TINY, output_stride=output_stride)
+
+
+def test_output_stride_on_other_stage_counts_and_stems():
+    """The rule is the stride stages 1.. reach: a 3-stage arch (strides 4, 8, 16) takes 8 or 16, not 32; a
+    one-stage arch has nothing to dilate; a 2-pixel stem shifts every value."""
+    three = dict(depths=[1, 1, 1], channels=[8, 16, 24])
+    model = ConvNeXt(three, output_stride=8)
+    assert (model.strides, model.dilations, model.out_strides) == ((4, 2, 1), (1, 1, 2), [4, 8, 8])
+    assert ConvNeXt(three, output_stride=16).out_strides == ConvNeXt(three).out_strides == [4, 8, 16]
+    assert [tuple(o.shape[2:]) for o in model(torch.randn(1, 3, 32, 32))] == [(8, 8), (4, 4), (4, 4)]
+    with pytest.raises(ValueError, match=r'None or one of 8, 16 \(.*\), got 32'):
+        ConvNeXt(three, output_stride=32)
+    with pytest.raises(ValueError, match='this arch has one stage, no downsampling layer to keep at stride 1'):
+        ConvNeXt(dict(depths=[1], channels=[8]), output_stride=8)
+    stem2 = ConvNeXt(TINY, stem_patch_size=2, output_stride=4)
+    assert stem2.out_strides == [2, 4, 4, 4]
+    assert isinstance(stem2.downsample_layers[2][1], PadConv2d)
+    with pytest.raises(ValueError, match=r'None or one of 4, 8, 16 \(.*stem_patch_size 2\), got 32'):
+        ConvNeXt(TINY, stem_patch_size=2, output_stride=32)
