@@ -220,9 +220,9 @@ class _Clock:
     def over(self, estimate=0.0):
         """None, or why a row expected to take ``estimate`` s must be skipped."""
         if time.perf_counter() + estimate > self.deadline:
-            return 'skipped: the run\'s time limit (--time-limit) would be passed'
+            return 'the run\'s time limit (--time-limit) would be passed'
         if self.elapsed() + estimate > self.budget_s:
-            return (f'skipped: time budget ({self.budget_s:.0f} s for this section, '
+            return (f'time budget ({self.budget_s:.0f} s for this section, '
                     f'{self.elapsed():.0f} s spent, next row estimated {estimate:.0f} s)')
         return None
 
@@ -393,7 +393,7 @@ def section_speed_compile(device, sizes, clock):
         rows.append(row)
         skip = clock.over(last)
         if not skip and sizes['compile_rows'] is not None and i >= sizes['compile_rows']:
-            skip = f'skipped: the smoke compiles {sizes["compile_rows"]} row(s) (tracing costs seconds a row here)'
+            skip = f'the smoke compiles {sizes["compile_rows"]} row(s) (tracing costs seconds a row here)'
         if skip:
             row.update(status='skipped', note=skip)
             continue
@@ -479,6 +479,17 @@ def mmcv_ops(device) -> tuple[bool, str]:
     return True, f'mmcv {mmcv.__version__} ops compiled (CUDA {cuda})'
 
 
+def config_path(rel: str) -> str:
+    """A config of this repository: beside the package in a checkout, else under the working directory (the
+    installed package carries no configs: run from a checkout)."""
+    for root in (ROOT, os.getcwd()):
+        path = os.path.join(root, rel)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError(f'gpu_check: {rel} is neither beside the package ({ROOT}) nor under the working '
+                            f'directory ({os.getcwd()}): run tools/gpu_check.py from a checkout of this repository.')
+
+
 def _shrink_model_cfg(cfg, arch):
     """The smoke's small UperNet / Mask R-CNN: our tiny backbone, heads narrowed to match."""
     channels = arch['channels']
@@ -500,7 +511,7 @@ def _train_steps(name, config, scope, device, sizes, clock, smoke):
                s_per_step=None, img_s=None, peak_mib=None, anchor_gb=UPERNET_ZOO_GB if name == 'upernet_t' else None,
                status='ok', note='')
     from mmengine.optim import build_optim_wrapper
-    cfg = load_config(os.path.join(ROOT, config))
+    cfg = load_config(config_path(config))
     if smoke:
         _shrink_model_cfg(cfg, sizes['arch'])
     if 'data_preprocessor' in cfg.model and cfg.model.data_preprocessor.get('size') is not None:
@@ -550,7 +561,7 @@ def section_models(device, sizes, clock, smoke=False):
             rows.append(_model_row(name, config, 'skipped', skip))
             continue
         if name == 'mask_rcnn_t' and not ops:
-            rows.append(_model_row(name, config, 'skipped', f'skipped: {ops_note}; Mask R-CNN needs its RoI ops'))
+            rows.append(_model_row(name, config, 'skipped', f'{ops_note}; Mask R-CNN needs its RoI ops'))
             continue
         try:
             require(scope, f'the {name} row of the gpu check')
@@ -582,9 +593,12 @@ def environment(device) -> dict:
                threads=torch.get_num_threads())
     if device.type == 'cuda':
         env['gpu'] = torch.cuda.get_device_name(device)
+    env['paths'] = {}
     for module in ('timm', 'mmengine', 'mmcv', 'mmseg', 'mmdet', 'convnext_backbone'):
         try:
-            env[module] = __import__(module).__version__
+            imported = __import__(module)
+            env[module] = imported.__version__
+            env['paths'][module] = os.path.dirname(imported.__file__)
         except Exception as exc:  # noqa: BLE001  (an optional codebase that does not import: say why)
             env[module] = f'not importable ({_error_note(exc)})'
     return env
