@@ -29,9 +29,9 @@ come from one definition (:func:`expected_rows`), and :func:`validate` checks a 
 ``--smoke`` (CI, ``--device cpu``): the same rows with a tiny model (depths 1,1,1,1, channels 8..64), tiny
 inputs, one repeat, one CPU thread, no budgets, and of the ``torch.compile`` rows only the first, with the
 ``eager`` backend (dynamo traces the model, no inductor code generation: a second a trace on a shared 2-core
-machine, minutes with inductor); the other compile rows say they are skipped in the smoke. On CPU, autocast bf16 and fp16 are both
-run (torch's CPU autocast supports float16); peak memory rows are ``n/a`` (CUDA memory statistics only), and the
-segmentor trains with a plain fp32 OptimWrapper (mmengine's AmpOptimWrapper needs a GPU).
+machine, minutes with inductor); the other compile rows say they are skipped in the smoke. On CPU, autocast
+bf16 and fp16 are both run (torch's CPU autocast supports float16); peak memory rows are ``n/a`` (CUDA memory
+statistics only), and the models train with a plain fp32 OptimWrapper (mmengine's AmpOptimWrapper needs a GPU).
 
 Without compiled mmcv ops (e.g. mmcv-lite on a bare GPU machine), mmseg cannot be imported (``mmseg.models``
 imports ``mmcv.ops`` at import time): :func:`mmcv_ops` then registers a placeholder ``mmcv._ext`` whose every op
@@ -731,8 +731,9 @@ def parse_args(argv=None):
     parser.add_argument('--smoke', action='store_true', help='tiny model and inputs, one repeat (CI, CPU)')
     parser.add_argument('--out', default='work_dirs/gpu_check.json', help='the JSON result')
     parser.add_argument('--sections', nargs='+', choices=SECTIONS, default=list(SECTIONS))
-    parser.add_argument("--time-limit", type=float, default=None,
-                        help=f'seconds for the whole run (default {TIME_LIMIT}; smoke: none): past it, sections skip their rows')
+    parser.add_argument('--time-limit', type=float, default=None,
+                        help=f'seconds for the whole run (default {TIME_LIMIT}; smoke: none): past it, sections '
+                        'skip their remaining rows')
     return parser.parse_args(argv)
 
 
