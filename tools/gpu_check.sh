@@ -19,8 +19,9 @@
 #                              mmcv._ext so that mmseg imports; Mask R-CNN needs the ops and is skipped
 #   mmsegmentation 1.2.2       prettytable (-> wcwidth), and ftfy (-> wcwidth) + regex that it imports
 #                              without declaring them; (matplotlib, numpy, packaging, scipy are there)
-#   convnext_backbone          this package (pip wheel --no-deps .): the check runs the installed package;
-#                              the configs are read from this checkout
+#   convnext_backbone          this package (pip wheel --no-deps .): the check runs the installed package
+#                              (run refuses a wheel whose code differs from the checkout's: prepare again
+#                              after every change); the configs are read from this checkout
 # mmdet is not carried: without mmcv's ops its models do not run, and its Mask R-CNN row is skipped anyway.
 #
 # Environment: PYTHON (default python3), WHL (default .whl in the checkout), TARGET (default /tmp/site, emptied
@@ -54,14 +55,24 @@ prepare() {
 }
 
 run() {
-    ls "$WHL"/*.whl >/dev/null 2>&1 || { say "no wheels in $WHL: run 'bash tools/gpu_check.sh prepare' first (where PyPI is reachable) and carry .whl"; exit 2; }
+    if ! ls "$WHL"/*.whl >/dev/null 2>&1; then
+        say "no wheels in $WHL: run 'bash tools/gpu_check.sh prepare' first (where PyPI is reachable), carry .whl"
+        exit 2
+    fi
     rm -rf "$TARGET"
-    $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$TARGET" "$WHL"/*.whl
+    PIP_ROOT_USER_ACTION=ignore $PYTHON -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+        --target "$TARGET" "$WHL"/*.whl
+    # the carried wheel of this package must be the checkout's code (prepare again after every change)
+    if ! diff -rq -x __pycache__ "$ROOT/convnext_backbone" "$TARGET/convnext_backbone" >&2; then
+        say "the carried convnext_backbone wheel differs from this checkout: 'bash tools/gpu_check.sh prepare' again"
+        exit 3
+    fi
     export PYTHONPATH="$TARGET${PYTHONPATH:+:$PYTHONPATH}" PYTHONNOUSERSITE=1 PYTHONUNBUFFERED=1
     local out_dir=${OUT:-$ROOT/work_dirs}
     mkdir -p "$out_dir"
     cd "$ROOT"
-    say "installed into $TARGET; python: $($PYTHON -c 'import sys, torch; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())')"
+    say "installed into $TARGET; python: $($PYTHON -c 'import sys, torch
+print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())')"
     set +e
     timeout -k 10 "${GPU_CHECK_TIMEOUT:-560}" $PYTHON tools/gpu_check.py --out "$out_dir/gpu_check.json" "$@" \
         | tee "$out_dir/gpu_check.md"

@@ -77,7 +77,7 @@ TIME_LIMIT = 345  # the whole run: sections stop starting rows past it
 # The sizes of a run: the GPU one and the CPU smoke (same rows, shrunk).
 FULL = dict(arch='tiny', correctness=dict(batch=2, size=(224, 224)),
             train=dict(batch=32, size=(224, 224)), infer=dict(batch=8, size=(800, 1216)),
-            warmup=5, repeat=20, compile_warmup=2, compile_repeat=10, compile_backend='inductor',
+            warmup=3, repeat=10, compile_warmup=2, compile_repeat=10, compile_backend='inductor',
             model_warmup=2, model_repeat=5, upernet=dict(batch=2, size=(512, 512)),
             mask_rcnn=dict(batch=2, size=(800, 1216)), threads=None, compile_rows=None)
 SMOKE = dict(arch=dict(depths=[1, 1, 1, 1], channels=[8, 16, 32, 64]), correctness=dict(batch=1, size=(32, 32)),
