@@ -47,12 +47,8 @@ import time
 
 import torch
 
-from convnext_backbone.tools.common import build_model_from_config, dummy_batch, load_config, require
-
-
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
+from convnext_backbone.tools.bench import _setup, _sync, build_backbone, time_backbones  # noqa: F401
+from convnext_backbone.tools.common import build_model_from_config, dummy_batch, load_config
 
 
 def _rss_mib() -> float:
@@ -64,79 +60,12 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_backbone(impl: str, arch: str, mode: str, output_stride: int = 32):
-    if impl == 'ours':
-        import convnext_backbone  # noqa: F401
-        from convnext_backbone import ConvNeXt
-        return ConvNeXt(arch, with_cp=(mode == 'with_cp'), output_stride=output_stride)
-    timm = require('timm', 'the timm reference of tools/benchmark.py')
-    model = timm.create_model(f'convnext_{arch}', pretrained=False, features_only=True,
-                              out_indices=(0, 1, 2, 3), output_stride=output_stride)
-    if mode == 'with_cp':
-        model.set_grad_checkpointing(True)
-    return model
-
-
-def _setup(impl, arch, mode, size, batch, step, dtype, device, output_stride=32):
-    torch.manual_seed(0)
-    device = torch.device(device)
-    dtype = getattr(torch, dtype)
-    model = build_backbone(impl, arch, mode, output_stride).to(device)
-    x = torch.randn(batch, 3, *size, device=device)
-    if mode == 'channels_last':
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    model.train(step == 'train')
-    if mode == 'compile':
-        fn = torch.compile(model)
-    elif mode == 'compile_freezing':
-        fn = torch.compile(model, options={'freezing': True})
-    else:
-        fn = model
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    def run():
-        if step == 'train':
-            with autocast:
-                loss = sum(o.float().mean() for o in fn(x))
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-        else:
-            with torch.no_grad(), autocast:
-                fn(x)
-        _sync(device)
-    return run
-
-
-def time_backbones(arch, mode, size, batch, step, dtype, device, warmup, repeat, threads, modes=None,
-                   output_stride=32) -> dict:
-    """Seconds per step of ours and timm's, interleaved step by step in one process so that drifting
-    machine speed (shared or throttled CPUs) hits both equally; median and min of ``repeat`` steps.
-    With ``modes``, every (impl, mode) pair is interleaved, keyed ``'impl mode'``."""
-    if threads:
-        torch.set_num_threads(threads)
-    if modes:
-        runs = {f'{impl} {m}': _setup(impl, arch, m, size, batch, step, dtype, device, output_stride)
-                for m in modes for impl in ('ours', 'timm')}
-    else:
-        runs = {impl: _setup(impl, arch, mode, size, batch, step, dtype, device, output_stride)
-                for impl in ('ours', 'timm')}
-    times = {impl: [] for impl in runs}
-    for i in range(warmup + repeat):
-        for impl, run in runs.items():
-            start = time.perf_counter()
-            run()
-            if i >= warmup:
-                times[impl].append(time.perf_counter() - start)
-    return {impl: dict(median=statistics.median(t), min=min(t)) for impl, t in times.items()}
-
-
 def measure_memory(impl, arch, mode, size, batch, step, dtype, device, threads, output_stride=32) -> dict:
     """Peak memory of one configuration, in this (fresh) process: CUDA max allocated, or on CPU the peak RSS
     and its rise over the RSS before the first step (activations, gradients, workspace)."""
     if threads:
         torch.set_num_threads(threads)
-    run = _setup(impl, arch, mode, size, batch, step, dtype, device, output_stride)
+    run = _setup(impl, arch, mode, size, batch, step, dtype, device, output_stride=output_stride)
     if device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
         run()
@@ -159,7 +88,7 @@ def profile_backbones(arch, mode, size, batch, step, dtype, device, warmup, repe
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith('cuda') else [])
     result = {}
     for impl in ('ours', 'timm'):
-        run = _setup(impl, arch, mode, size, batch, step, dtype, device, output_stride)
+        run = _setup(impl, arch, mode, size, batch, step, dtype, device, output_stride=output_stride)
         for _ in range(warmup):
             run()
         with profile(activities=activities) as prof:

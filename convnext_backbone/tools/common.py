@@ -61,12 +61,13 @@ def revert_sync_bn(cfg) -> int:
     return _replace_types(cfg, 'SyncBN', 'BN')
 
 
-def adapt_to_machine(cfg: Config, distributed: bool = False) -> list[str]:
+def adapt_to_machine(cfg: Config, distributed: bool = False, cuda: bool | None = None) -> list[str]:
     """Make a GPU recipe run on a machine without CUDA, changing only what cannot run there.
 
     SyncBN -> BN, AmpOptimWrapper -> OptimWrapper (mmengine's AMP wrapper needs a GPU), gloo instead of
-    nccl, and DDP without device_ids. Returns the list of changes (also logged)."""
-    if torch.cuda.is_available():
+    nccl, and DDP without device_ids. ``cuda`` (default: whether torch sees a GPU) False adapts the recipe to
+    CPU work on a GPU machine too. Returns the list of changes (also logged)."""
+    if torch.cuda.is_available() if cuda is None else cuda:
         return []
     changes = []
     if revert_sync_bn(cfg.model):
@@ -171,3 +172,31 @@ def dummy_batch(scope: str, size, device='cpu'):
         from mmdet.structures import DetDataSample
         sample = DetDataSample(metainfo=meta)
     return dict(inputs=[image], data_samples=[sample])
+
+
+def dummy_train_batch(scope: str, size, batch: int = 1, device='cpu', num_classes: int = 80):
+    """``batch`` random uint8 images of ``size`` (H, W) with training targets: for mmseg a random label map
+    (some pixels ignored), for mmdet two boxes with their masks and labels per image."""
+    import numpy as np
+    from mmengine.structures import InstanceData, PixelData
+    h, w = size
+    data = dummy_batch(scope, size, device)
+    inputs, samples = [], []
+    for i in range(batch):
+        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, device=device))
+        sample = data['data_samples'][0].clone()
+        if scope == 'mmseg':
+            label = torch.randint(0, num_classes, (1, h, w), device=device)
+            label[:, : h // 8] = 255
+            sample.gt_sem_seg = PixelData(data=label)
+        else:
+            from mmdet.structures.mask import BitmapMasks
+            boxes = torch.tensor([[0.1 * w, 0.1 * h, 0.6 * w, 0.5 * h], [0.4 * w, 0.45 * h, 0.95 * w, 0.9 * h]])
+            boxes += i
+            masks = np.zeros((2, h, w), dtype=np.uint8)
+            for j, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
+                masks[j, y1:y2, x1:x2] = 1
+            sample.gt_instances = InstanceData(bboxes=boxes.to(device), labels=torch.tensor([1, num_classes - 1],
+                                               device=device), masks=BitmapMasks(masks, h, w))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)

@@ -1,0 +1,157 @@
+"""CUDA code paths that CPU runs never take, checked without a GPU: the CPU kernels step aside for non-CPU tensors,
+with_cp under autocast gives the gradients of no checkpointing, cudnn.benchmark is left alone, and the
+mixed-precision optimizer-wrapper snippets of docs/gpu.md merge into their recipes and build."""
+import os
+import re
+from unittest import mock
+
+import pytest
+import torch
+
+import convnext_backbone.convnext as convnext_module
+from convnext_backbone import ConvNeXt, cpu_kernels
+from convnext_backbone.convnext import Block
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(depths=[1, 2, 1, 1], channels=[8, 16, 32, 64])
+
+
+def _reports_cuda():
+    """Make every tensor report device 'cuda' (the data stays on the CPU): what the dispatch sees on a GPU."""
+    return mock.patch.object(torch.Tensor, 'device', property(lambda self: torch.device('cuda', 0)))
+
+
+# --- (a) the CPU kernels step aside on CUDA ----------------------------------------------------------------
+
+def test_kernels_apply_to_a_cpu_tensor_and_not_to_a_cuda_one():
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    assert cpu_kernels.applies(x)  # the gate is open for this tensor on CPU ...
+    with _reports_cuda():
+        assert x.device.type == 'cuda'
+        assert not cpu_kernels.applies(x)  # ... and closed when the same tensor is on CUDA
+
+
+def test_kernels_do_not_apply_to_a_meta_tensor():
+    x = torch.empty(2, 8, 6, 6, device='meta').contiguous(memory_format=torch.channels_last)
+    assert type(x) is torch.Tensor and x.dtype == torch.float32  # every other condition holds
+    assert not cpu_kernels.applies(x)
+
+
+def test_a_block_on_cuda_runs_the_plain_ops(monkeypatch):
+    block = Block(8).eval()
+    x = torch.randn(1, 8, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected = block(x)  # the fused kernels
+    calls = []
+    monkeypatch.setattr(cpu_kernels, 'block_forward', lambda *args: calls.append(args) or expected)
+    with torch.no_grad():
+        block(x)
+    assert len(calls) == 1  # on CPU the block dispatches to the kernels
+    with torch.no_grad(), _reports_cuda():
+        out = block(x)
+    assert len(calls) == 1  # on "CUDA" it did not
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+# --- (b) with_cp under autocast ----------------------------------------------------------------------------
+
+def _grads(model, x):
+    torch.manual_seed(3)  # the same drop-path masks for both models
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        loss = sum((o.float() ** 2).mean() for o in model(x))
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_with_cp_under_bf16_autocast_gives_the_same_grads(monkeypatch):
+    torch.manual_seed(0)
+    plain = ConvNeXt(TINY, drop_path_rate=0.3, layer_scale_init_value=1.0).train()
+    checkpointed = ConvNeXt(TINY, drop_path_rate=0.3, layer_scale_init_value=1.0, with_cp=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    for model in (plain, checkpointed):  # a frozen stem: stage 0's first block gets an input without grad
+        model.downsample_layers[0].requires_grad_(False)
+    reentrant = []
+    real = convnext_module.cp.checkpoint
+    monkeypatch.setattr(convnext_module.cp, 'checkpoint',
+                        lambda fn, x, use_reentrant: reentrant.append(use_reentrant) or real(
+                            fn, x, use_reentrant=use_reentrant))
+    x = torch.randn(2, 3, 32, 32)
+    expected = _grads(plain, x)
+    assert reentrant == []
+    got = _grads(checkpointed, x)
+    assert reentrant == [False, True, True, True]  # both kinds; the last stage is not checkpointed
+    assert got.keys() == expected.keys() and len(got) == sum(p.requires_grad for p in plain.parameters())
+    for name in expected:  # the recomputation runs under the same autocast state: same bf16 rounding
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-2, atol=1e-4, msg=name)
+
+
+# --- (c) cudnn.benchmark is left to the user ------------------------------------------------------------
+
+@pytest.mark.parametrize('value', [False, True])
+def test_building_and_running_the_model_leaves_cudnn_benchmark_alone(value, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, 'benchmark', value)
+    model = ConvNeXt(TINY, with_cp=True)
+    model.init_weights()
+    loss = sum(o.mean() for o in model(torch.randn(1, 3, 32, 32)))
+    loss.backward()
+    with torch.no_grad():
+        model.eval()(torch.randn(1, 3, 32, 32))
+    assert torch.backends.cudnn.benchmark is value
+
+
+def test_neither_the_package_nor_the_configs_set_cudnn_benchmark():
+    setter = re.compile(r'cudnn\.benchmark\s*=(?!=)|setattr\([^)]*cudnn[^)]*benchmark'
+                        r'|cudnn_benchmark\s*=\s*(True|False)')
+    offenders = []
+    for top in ('convnext_backbone', 'configs', 'tools'):
+        for folder, _, files in os.walk(os.path.join(ROOT, top)):
+            for name in files:
+                if name.endswith('.py'):
+                    path = os.path.join(folder, name)
+                    offenders += [f'{path}: {m.group(0)}' for m in setter.finditer(open(path, encoding='utf-8').read())]
+    assert offenders == []
+    assert setter.search('torch.backends.cudnn.benchmark = True')  # the pattern finds what it looks for
+
+
+# --- (d) the mixed-precision snippets of docs/gpu.md --------------------------------------------------
+
+def _snippets():
+    text = open(os.path.join(ROOT, 'docs', 'gpu.md'), encoding='utf-8').read()
+    return re.findall(r'<!-- snippet: (\S+) -->\n```python\n(.*?)```', text, flags=re.S)
+
+
+def test_docs_have_fp16_and_bf16_snippets_for_both_recipes():
+    found = {(config.split('/')[1], 'bfloat16' in code) for config, code in _snippets()}
+    assert found == {('detection', False), ('detection', True), ('segmentation', False), ('segmentation', True)}
+
+
+@pytest.mark.parametrize('config,code', _snippets(), ids=lambda v: v if v.endswith('.py') else v.strip()[-24:])
+def test_docs_snippet_merges_into_its_recipe_and_builds(tmp_path, config, code):
+    from mmengine.optim import AmpOptimWrapper, build_optim_wrapper
+
+    from convnext_backbone.tools.common import build_model_from_config, dummy_train_batch, load_config
+    from convnext_backbone.tools.gpu_check import SMOKE, _shrink_model_cfg
+    user_config = tmp_path / 'my_config.py'
+    user_config.write_text(f'_base_ = [{os.path.join(ROOT, config)!r}]\n{code}')
+    cfg = load_config(str(user_config))
+    recipe = load_config(os.path.join(ROOT, config))
+    bf16 = 'bfloat16' in code
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper' and cfg.optim_wrapper.get('dtype') == (
+        'bfloat16' if bf16 else None)
+    for key in ('constructor', 'optimizer', 'paramwise_cfg'):  # the recipe's settings are kept
+        assert cfg.optim_wrapper[key] == recipe.optim_wrapper[key]
+    _shrink_model_cfg(cfg, SMOKE['arch'])
+    if cfg.default_scope == 'mmseg':
+        cfg.model.data_preprocessor.size = (64, 64)
+    model, scope = build_model_from_config(cfg)
+    # mmengine's AmpOptimWrapper refuses to start without a GPU; past that check it builds on CPU
+    with mock.patch('mmengine.optim.optimizer.amp_optimizer_wrapper.is_cuda_available', return_value=True):
+        optim_wrapper = build_optim_wrapper(model.train(), cfg.optim_wrapper)
+    assert type(optim_wrapper) is AmpOptimWrapper
+    assert optim_wrapper.cast_dtype == (torch.bfloat16 if bf16 else None)  # None: autocast's fp16 on CUDA
+    assert type(optim_wrapper.optimizer).__name__ == 'AdamW' and len(optim_wrapper.optimizer.param_groups) > 2
+    if bf16 and scope == 'mmseg':  # CPU autocast takes bf16: one training step through the wrapper
+        before = model.backbone.stages[3][0].pwconv1.weight.detach().clone()
+        log_vars = model.train_step(dummy_train_batch(scope, (64, 64), 2, num_classes=150), optim_wrapper)
+        assert torch.isfinite(log_vars['loss'])
+        assert not torch.equal(before, model.backbone.stages[3][0].pwconv1.weight)
