@@ -361,7 +361,7 @@ class Block(nn.Module):
     1x1 ``nn.Conv2d`` in a channels-first block (``linear_pw_conv=False``, mmpretrain's other form); the
     parameter names are the same either way and a state dict of one form loads into the other (the backbone's
     loading hook reshapes the weights). ``fast_path_ok`` says whether the configuration is one the CPU kernels
-    implement (linear pointwise layers, exact GELU, undilated depthwise conv); any other runs the plain ops below.
+    implement (linear pointwise layers, exact GELU); any other runs the plain ops below.
     """
 
     def __init__(self, dim: int, drop_path_rate: float = 0.0, layer_scale_init_value: float = 1e-6,
@@ -382,8 +382,7 @@ class Block(nn.Module):
                       if layer_scale_init_value > 0 else None)
         self.drop_path_rate = drop_path_rate
         self.low_memory = False  # set under activation checkpointing: recompute rather than keep the GELU output
-        self.fast_path_ok = (linear_pw_conv and type(self.act) is nn.GELU and self.act.approximate == 'none'
-                             and dilation == 1)
+        self.fast_path_ok = (linear_pw_conv and type(self.act) is nn.GELU and self.act.approximate == 'none')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # float32 CPU, eager or torch.compile: the same block through fused kernels (where they implement it)
@@ -473,8 +472,8 @@ class ConvNeXt(BaseModule):
             PSPNet) keep the last one or two downsampling layers at stride 1 and dilate the following stages'
             depthwise convs (2, then 4) instead; same parameters, so every checkpoint loads. None (default) or
             32 is the paper's network; valid values are the strides of stages 1.. (8, 16, 32 with the 4-pixel
-            stem). Dilated blocks run the plain ops (the CPU kernels' depthwise conv is undilated). The
-            per-stage ``strides`` and ``dilations`` (mmseg ResNet's names) are attributes; see :attr:`out_strides`.
+            stem). The CPU kernels run dilated blocks too. The per-stage ``strides`` and ``dilations`` (mmseg
+            ResNet's names) are attributes; see :attr:`out_strides`.
         ls_init_value: timm's name for ``layer_scale_init_value`` (None disables layer scale, as 0 does);
             giving both with different values raises ValueError.
         in_chans, depths, dims: the official facebookresearch config names for in_channels / arch.

@@ -6,12 +6,14 @@
         return cpu_kernels.block_forward(self, x)
 
 The kernels are ``torch.library`` custom ops (namespace ``convnext``), each with a fake (meta) implementation
-and an autograd formula whose backward kernels are custom ops too:
+and, except the inference-only ``mlp_inference``, an autograd formula whose backward kernels are custom ops too:
 
 - ``convnext::linear``: oneDNN's ``x W^T + b``, fused with GELU (inference) or with the residual add;
 - ``convnext::mlp`` / ``convnext::mlp_backward``: the whole MLP ``GELU(x W1^T + b1) W2^T + b2 [+ residual]``
   as one autograd node, the GELU gradient written in place in backward;
-- ``convnext::dwconv`` / ``convnext::dwconv_weight_grad``: the depthwise conv with a faster weight gradient.
+- ``convnext::dwconv`` / ``convnext::dwconv_weight_grad``: the depthwise conv (any dilation) with a faster weight
+  gradient;
+- ``convnext::mlp_inference``: the no-grad MLP in row chunks.
 
 Eager calls them directly; ``torch.compile`` (dynamo + inductor) traces them as opaque calls without graph
 breaks and fuses what lies between (LayerNorm, permutes, layer scale, residual adds) into its own kernels.
@@ -289,63 +291,68 @@ def _(x, weight1, bias1, weight2, bias2, other=None):
 
 
 @torch.library.custom_op('convnext::dwconv', mutates_args=())
-def dwconv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """The blocks' depthwise KxK conv (stride 1, zero 'same' padding); its autograd computes the weight gradient
-    with :func:`dwconv_weight_grad`. Forward and input gradient are the ordinary conv ops."""
-    return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+def dwconv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, dilation: int = 1) -> Tensor:
+    """The blocks' depthwise KxK conv (stride 1, ``dilation``, zero 'same' padding); its autograd computes the
+    weight gradient with :func:`dwconv_weight_grad`. Forward and input gradient are the ordinary conv ops."""
+    return F.conv2d(x, weight, bias, padding=dilation * (weight.shape[-1] // 2), dilation=dilation,
+                    groups=x.shape[1])
 
 
 @dwconv.register_fake
-def _(x, weight, bias=None):
-    return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2, groups=x.shape[1])
+def _(x, weight, bias=None, dilation=1):
+    return F.conv2d(x, weight, bias, padding=dilation * (weight.shape[-1] // 2), dilation=dilation,
+                    groups=x.shape[1])
 
 
 @torch.library.custom_op('convnext::dwconv_weight_grad', mutates_args=())
-def dwconv_weight_grad(x: Tensor, grad: Tensor, kernel_size: int) -> Tensor:
+def dwconv_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, dilation: int = 1) -> Tensor:
     """The depthwise conv's weight gradient, faster than oneDNN's.
 
     oneDNN's depthwise weight gradient runs far slower than its forward (ConvNeXt-T at 224, batch 8: 19 / 9 / 6
     / 14 ms per block in stages 0-3, against 2.2 / 0.8 / 0.5 / 0.3 ms forward). The same gradient is a
     correlation of each (sample, channel) input plane with its output-gradient plane: a depthwise conv with
-    the gradient as an HxW kernel and a KxK output, summed over the batch (7 / 3 / 2 / 1.4 ms there)."""
+    the gradient as an HxW kernel and a KxK output, summed over the batch (7 / 3 / 2 / 1.4 ms there). With
+    ``dilation`` d the kernel taps lie d pixels apart: the same correlation at stride d."""
     n, c, h, w = x.shape
     k = kernel_size
-    pad = k // 2
+    pad = dilation * (k // 2)
     # one sample at a time: as fast, and the NCHW copies stay one sample's size
     padded = x.new_zeros(1, c, h + 2 * pad, w + 2 * pad)  # the zero border is written once
     grad_w = x.new_zeros(c, 1, k, k)
     for i in range(n):
         padded[0, :, pad:pad + h, pad:pad + w] = x[i]
-        grad_w += F.conv2d(padded, grad[i].contiguous().view(c, 1, h, w), groups=c).view(c, 1, k, k)
+        grad_w += F.conv2d(padded, grad[i].contiguous().view(c, 1, h, w), stride=dilation,
+                           groups=c).view(c, 1, k, k)
     return grad_w
 
 
 @dwconv_weight_grad.register_fake
-def _(x, grad, kernel_size):
+def _(x, grad, kernel_size, dilation=1):
     return x.new_empty(x.shape[1], 1, kernel_size, kernel_size)
 
 
 def _dwconv_setup_context(ctx, inputs, output):
-    x, weight, bias = inputs
+    x, weight, bias, dilation = inputs
     ctx.has_bias = bias is not None
+    ctx.dilation = dilation
     ctx.save_for_backward(x, weight)
 
 
 def _dwconv_backward(ctx, grad):
     x, weight = ctx.saved_tensors
-    c, k = x.shape[1], weight.shape[-1]
-    pad = k // 2
+    c, k, d = x.shape[1], weight.shape[-1], ctx.dilation
+    pad = d * (k // 2)
     grad_x = grad_w = grad_b = None
     if ctx.needs_input_grad[0]:
         grad = grad.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
             memory_format=torch.channels_last) else grad.contiguous()
         grad_x = torch.ops.aten.convolution_backward(
-            grad, x, weight, None, [1, 1], [pad, pad], [1, 1], False, [0, 0], c, [True, False, False])[0]
+            grad, x, weight, None, [1, 1], [pad, pad], [d, d], False, [0, 0], c, [True, False, False])[0]
     if ctx.needs_input_grad[1]:
-        grad_w = dwconv_weight_grad(x, grad, k)
+        grad_w = dwconv_weight_grad(x, grad, k, d)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         grad_b = grad.sum((0, 2, 3))
-    return grad_x, grad_w, grad_b
+    return grad_x, grad_w, grad_b, None
 
 
 dwconv.register_autograd(_dwconv_backward, setup_context=_dwconv_setup_context)
@@ -355,7 +362,7 @@ dwconv.register_autograd(_dwconv_backward, setup_context=_dwconv_setup_context)
 
 def _depthwise_conv(x: torch.Tensor, conv) -> torch.Tensor:
     if torch.is_grad_enabled() and conv.weight.requires_grad:
-        return dwconv(x, conv.weight, conv.bias)
+        return dwconv(x, conv.weight, conv.bias, conv.dilation[0])
     return conv(x)
 
 

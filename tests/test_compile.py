@@ -272,6 +272,9 @@ def test_custom_ops_pass_opcheck(monkeypatch):
              (ops.dwconv, (torch.randn(2, 3, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(),
                            torch.randn(3, 1, 7, 7, requires_grad=True), torch.randn(3, requires_grad=True))),
              (ops.dwconv_weight_grad, (torch.randn(2, 3, 6, 5), torch.randn(2, 3, 6, 5), 7)),
+             (ops.dwconv, (torch.randn(2, 3, 6, 5).contiguous(memory_format=torch.channels_last).requires_grad_(),
+                           torch.randn(3, 1, 3, 3, requires_grad=True), None, 2)),  # dilated (output stride 8)
+             (ops.dwconv_weight_grad, (torch.randn(2, 3, 6, 5), torch.randn(2, 3, 6, 5), 3, 2)),
              # inference only (no autograd): 30 rows in chunks of 8 (monkeypatched below), the last one partial
              (ops.mlp_inference, (x.detach(), w1.detach(), b1.detach(), w2.detach(), b2.detach(), other.detach())),
              (ops.mlp_inference, (x.detach(), w1.detach(), b1.detach(), w2.detach(), b2.detach(), None))]

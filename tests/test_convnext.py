@@ -77,14 +77,17 @@ def test_depthwise_conv_fast_weight_gradient_gradcheck():
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(dwconv, (x, weight, bias))
     assert torch.autograd.gradcheck(dwconv, (x, weight, None))
+    assert torch.autograd.gradcheck(dwconv, (x, weight, bias, 2))  # dilated (output stride 16 / 8)
 
 
-@pytest.mark.parametrize('channels_last,bias,input_grad,contiguous_grad', [
-    (True, True, True, True), (False, True, True, False), (True, False, False, True), (True, True, False, False)])
-def test_depthwise_conv_fast_weight_gradient_equals_autograd(channels_last, bias, input_grad, contiguous_grad):
+@pytest.mark.parametrize('channels_last,bias,input_grad,contiguous_grad,dilation', [
+    (True, True, True, True, 1), (False, True, True, False, 1), (True, False, False, True, 1),
+    (True, True, False, False, 1), (True, True, True, True, 2), (False, True, True, False, 4)])
+def test_depthwise_conv_fast_weight_gradient_equals_autograd(channels_last, bias, input_grad, contiguous_grad,
+                                                             dilation):
     from convnext_backbone.cpu_kernels import dwconv
     torch.manual_seed(0)
-    conv = nn.Conv2d(5, 5, kernel_size=7, padding=3, groups=5, bias=bias)
+    conv = nn.Conv2d(5, 5, kernel_size=7, padding=3 * dilation, dilation=dilation, groups=5, bias=bias)
     x = torch.randn(3, 5, 9, 13)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -95,7 +98,7 @@ def test_depthwise_conv_fast_weight_gradient_equals_autograd(channels_last, bias
         return tuple(t for t in (x_, conv.weight, conv.bias) if t is not None and t.requires_grad)
     out_ref = conv(x_ref)
     ref = torch.autograd.grad(out_ref, inputs(x_ref), grad)
-    out_ours = dwconv(x_ours, conv.weight, conv.bias)
+    out_ours = dwconv(x_ours, conv.weight, conv.bias, dilation)
     ours = torch.autograd.grad(out_ours, inputs(x_ours), grad)
     assert (out_ref - out_ours).abs().max() < 1e-6
     assert len(ref) == len(ours) == 1 + int(bias) + int(input_grad)

@@ -96,28 +96,46 @@ def test_same_parameters_as_the_papers_network(output_stride, kwargs):
     assert torch.equal(dilated.downsample_layers[3][1].weight, official.downsample_layers[3][1].weight)
 
 
-@pytest.mark.skipif(not cpu_kernels.ONEDNN, reason='this torch build has no oneDNN fused linear')
 @pytest.mark.parametrize('output_stride', [16, 8])
-def test_dilated_blocks_run_plain_ops_undilated_ones_the_kernels(output_stride, monkeypatch):
-    """The fused kernels' depthwise conv is undilated: dilated blocks must step aside (fast_path_ok False); the
-    stages before the dilation keep the kernels, in inference and training alike, with plain-op numbers."""
+def test_dilated_blocks_run_the_kernels_equal_to_plain_ops(output_stride):
+    """The fused kernels implement the dilated depthwise conv: every block runs them (the MLP kernels, and in
+    training convnext::dwconv with its fast weight gradient at the stage's dilation), in inference and training,
+    with the plain ops' outputs and gradients."""
+    from torch.profiler import ProfilerActivity, profile
     model = randomize_(ConvNeXt(TINY, output_stride=output_stride))
     dilations = STRIDES[output_stride][1]
-    blocks = [(block, d) for stage, d in zip(model.stages, dilations) for block in stage]
-    assert [block.fast_path_ok for block, _ in blocks] == [d == 1 for _, d in blocks]
-    fused = []
-    original = cpu_kernels.block_forward
-    monkeypatch.setattr(cpu_kernels, 'block_forward', lambda block, x: fused.append(block) or original(block, x))
+    assert all(block.fast_path_ok for stage in model.stages for block in stage)
+    blocks = sum(TINY['depths'])
     x = torch.randn(2, 3, 64, 64)
     for train in (False, True):
-        fused.clear()
         model.train(train)
-        with torch.set_grad_enabled(train):
+        model.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(train), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
             outs = model(x)
-        assert fused == [block for block, d in blocks if d == 1], train
+            if train:
+                _grads_of(outs)
+        calls = {e.key: e.count for e in prof.key_averages() if e.key.startswith('convnext::')}
+        if train:
+            assert calls == {'convnext::dwconv': blocks, 'convnext::dwconv_weight_grad': blocks,
+                             'convnext::mlp': blocks, 'convnext::mlp_backward': blocks}, calls
+            used = sorted(e.concrete_inputs[3] for e in prof.events() if e.name == 'convnext::dwconv')
+            assert used == sorted(d for stage, d in zip(model.stages, dilations) for _ in stage)
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+            model.zero_grad(set_to_none=True)
+        else:
+            assert calls == {'convnext::mlp_inference': blocks}, calls
         with cpu_kernels.plain_ops(), torch.set_grad_enabled(train):
             expected = model(x)
+            if train:
+                _grads_of(expected)
         assert all((a - b).abs().max() < 1e-5 for a, b in zip(outs, expected))
+        if train:
+            for name, p in model.named_parameters():
+                assert (grads[name] - p.grad).abs().max() <= 1e-5 * max(1.0, p.grad.abs().max().item()), name
+
+
+def _grads_of(outs):
+    sum((o * (i + 1)).mean() for i, o in enumerate(outs)).backward()
 
 
 def _grads(model, x):
