@@ -197,6 +197,18 @@ def _error_note(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""}'
 
 
+def _measure(row: dict, skip, fn) -> None:
+    """Fill ``row`` by ``fn()`` unless ``skip`` (the reason the time budget gives) says otherwise; a failure is
+    recorded in the row (status ``error``) and the other rows still run."""
+    if skip:
+        row.update(status='skipped', note=skip)
+        return
+    try:
+        fn()
+    except Exception as exc:
+        row.update(status='error', note=_error_note(exc))
+
+
 def _free(device):
     gc.collect()
     if device.type == 'cuda':
@@ -299,19 +311,15 @@ def section_correctness(device, sizes, clock):
                            timm_max_abs_err=[], ours_finite=None, timm_finite=None, passed=None, status='ok',
                            note='')
                 rows.append(row)
-                skip = clock.over()
-                if skip:
-                    row.update(status='skipped', note=skip)
-                    continue
-                try:
+
+                def compare(row=row, dtype=dtype, x=x, ref=ref):
                     autocast = torch.autocast(device.type, dtype=getattr(torch, dtype),
                                               enabled=dtype != 'float32')
                     with torch.no_grad(), _ExactFloat32(), autocast:
                         outs = [o.float() for o in ours(x)]
                         feats = [_layer_norm_2d(f) for f in reference(x)]
                     row.update(_compare(outs, feats, ref, dtype))
-                except Exception as exc:  # one row's failure is recorded, the others still run
-                    row.update(status='error', note=_error_note(exc))
+                _measure(row, clock.over(), compare)
         del ours, reference
         _free(device)
     return rows
@@ -369,14 +377,7 @@ def section_speed(device, sizes, clock):
             for cl in (False, True):
                 row = _speed_row(step, dtype, cl, False, sizes)
                 rows.append(row)
-                skip = clock.over()
-                if skip:
-                    row.update(status='skipped', note=skip)
-                    continue
-                try:
-                    _time_speed_row(row, device, sizes, compiled=False)
-                except Exception as exc:
-                    row.update(status='error', note=_error_note(exc))
+                _measure(row, clock.over(), lambda row=row: _time_speed_row(row, device, sizes, compiled=False))
                 _free(device)
     return rows
 
@@ -398,11 +399,8 @@ def section_speed_compile(device, sizes, clock):
             row.update(status='skipped', note=skip)
             continue
         start = time.perf_counter()
-        try:
-            torch._dynamo.reset()
-            _time_speed_row(row, device, sizes, compiled=True)
-        except Exception as exc:
-            row.update(status='error', note=_error_note(exc))
+        torch._dynamo.reset()
+        _measure(row, None, lambda row=row: _time_speed_row(row, device, sizes, compiled=True))
         last = time.perf_counter() - start
         _free(device)
     return rows
@@ -416,11 +414,8 @@ def section_memory(device, sizes, clock):
             row = dict(id=f'{impl} {"checkpointing" if cp else "plain"} {dtype}', impl=impl, checkpointing=cp,
                        dtype=dtype, peak_mib=None, base_mib=None, status='ok', note='')
             rows.append(row)
-            skip = clock.over()
-            if skip:
-                row.update(status='skipped', note=skip)
-                continue
-            try:
+
+            def peak(row=row, impl=impl, cp=cp, dtype=dtype):
                 _free(device)
                 if device.type == 'cuda':
                     torch.cuda.reset_peak_memory_stats(device)
@@ -433,9 +428,7 @@ def section_memory(device, sizes, clock):
                     row.update(peak_mib=torch.cuda.max_memory_allocated(device) / 2**20, base_mib=base / 2**20)
                 else:
                     row.update(status='n/a', note='ran; torch.cuda.max_memory_allocated exists on CUDA only')
-                del run
-            except Exception as exc:
-                row.update(status='error', note=_error_note(exc))
+            _measure(row, clock.over(), peak)
     _free(device)
     return rows
 
