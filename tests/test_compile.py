@@ -101,10 +101,11 @@ def test_no_graph_breaks_training_and_inference(training):
     assert explained.graph_break_count == 0 and explained.graph_count == 1
 
 
-def _assert_trains_like_eager(model, compiled, size, calls=None, batch=1):
+def _assert_trains_like_eager(model, compiled, size, calls=None, batch=1, dynamic=False):
     """``compiled`` trains at ``size`` (after a warm-up call that may compile) equal to eager ``model``; with
-    ``calls`` its custom-op calls are those. Returns the calls."""
-    x = torch.randn(batch, 3, *size)
+    ``calls`` its custom-op calls are those; ``dynamic``: height and width dynamic from the first call. Returns
+    the calls."""
+    x = _dynamic_input(batch, size) if dynamic else torch.randn(batch, 3, *size)
     outs_e, grads_e = _step(model, x)
     _step(compiled, x)  # may (re)compile: outside the profiler, tracing would count fake calls
     (outs_c, grads_c), counted = _op_calls(lambda: _step(compiled, x))
@@ -126,23 +127,33 @@ def test_compiled_training_new_input_sizes(training):
         _assert_trains_like_eager(model, compiled, size, training['calls'])
 
 
+def _dynamic_input(batch, size):
+    """An input whose height and width dynamo treats as dynamic from the first call: the graph that default
+    options recompile at a second size (static first graphs: test_compiled_training_*), compiled once."""
+    x = torch.randn(batch, 3, *size)
+    torch._dynamo.maybe_mark_dynamic(x, (2, 3))  # as automatic dynamic shapes: specialising stays allowed
+    return x
+
+
 def test_compiled_plain_ops_v2_trains_at_new_sizes():
     """The plain-op blocks (what other devices, dtypes and memory formats run) with ConvNeXt-V2's GRN: dynamic
-    shapes from the second size on, no custom op called, equal to eager."""
+    height and width from the first size on, no custom op called, equal to eager at two sizes."""
     model = _model(use_grn=True, layer_scale_init_value=0.).train()
     compiled = _compile(model)
     with plain_ops():
         for size in ((64, 64), (72, 200)):
-            _assert_trains_like_eager(model, compiled, size, calls={}, batch=2)
+            _assert_trains_like_eager(model, compiled, size, calls={}, batch=2, dynamic=True)
 
 
 @pytest.mark.parametrize('options', [None, {'freezing': True}], ids=['default', 'freezing'])
 def test_compiled_inference_calls_the_kernels_and_equals_eager(options):
+    """Default options: static, then dynamic shapes from the second size on; freezing: dynamic height and width
+    from the first size on (the static first graph is the default options' path)."""
     model = _model().eval()
     compiled = _compile(model, options=options)
     with torch.no_grad():
-        for size in ((64, 64), (96, 128), (128, 96)):  # the second recompiles with dynamic shapes
-            x = torch.randn(1, 3, *size)
+        for size in ((64, 64), (96, 128), (128, 96)):
+            x = torch.randn(1, 3, *size) if options is None else _dynamic_input(1, size)
             compiled(x)  # compiles (outside the profiler: tracing would count fake calls)
             outs, calls = _op_calls(lambda: compiled(x))
             # the whole MLP (with the residual add) per block; the depthwise conv is inductor's (no grad)
@@ -156,7 +167,7 @@ def test_compiled_with_cp_v2_trains_equal_to_eager():
     model = _model(with_cp=True, use_grn=True, layer_scale_init_value=0.).train()
     compiled = _compile(model)
     for size in ((64, 64), (96, 128)):
-        calls = _assert_trains_like_eager(model, compiled, size, batch=2)
+        calls = _assert_trains_like_eager(model, compiled, size, batch=2, dynamic=True)
         # inductor's partitioner recomputes what checkpointing discarded where it chooses (eager: every block
         # twice); at least one forward per block, all through the kernels
         assert calls.keys() == {'convnext::dwconv', 'convnext::dwconv_weight_grad', 'convnext::linear'}, calls
@@ -196,6 +207,9 @@ def test_compile_configs_train_and_infer_like_eager(name):
     cfg = load_config(os.path.join(ROOT, 'configs', 'compile', name + '.py'))
     if cfg.default_scope == 'mmdet':
         test_detection._shrink(cfg)
+        # one block a stage (as test_segmentation's): compiling, not depth, is what this test pays for
+        cfg.model.backbone.arch = dict(test_segmentation.TINY)
+        cfg.model.neck.in_channels = test_segmentation.TINY['channels']
         make_batch = test_detection._random_batch
     else:
         test_segmentation.shrink(cfg)
