@@ -210,8 +210,10 @@ def _measure(row: dict, skip, fn) -> None:
 
 
 def _free(device):
-    gc.collect()
+    """Between rows on CUDA: collect the last row's cycles and return the cached blocks, so that each row's peak
+    memory is its own (on CPU there is no cache to return, and a full collection of this process costs ~0.2 s)."""
     if device.type == 'cuda':
+        gc.collect()
         torch.cuda.empty_cache()
 
 
