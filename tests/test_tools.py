@@ -18,22 +18,36 @@ def _run(*args):
     return out.stdout
 
 
+def _benchmark_module():
+    spec = importlib.util.spec_from_file_location('benchmark', os.path.join(TOOLS, 'benchmark.py'))
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    return benchmark
+
+
 def test_benchmark_backbone_prints_ours_timm_and_ratios():
+    # the channels_last mode's step is the gpu check's too (tests/test_gpu_check.py runs it in every speed row pair)
     out = _run('benchmark.py', 'backbone', '--arch', 'atto', '--size', '64', '--batch', '2', '--step', 'train',
-               '--warmup', '1', '--repeat', '2', '--modes', 'eager', 'with_cp', 'channels_last')
-    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (['eager'], ['with_cp'],
-                                                                             ['channels_last'])]
-    assert [(r[0], r[1]) for r in rows] == [(m, i) for m in ('eager', 'with_cp', 'channels_last')
-                                           for i in ('ours', 'timm')]
+               '--warmup', '1', '--repeat', '2', '--modes', 'eager', 'with_cp', '--threads', '1')
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (['eager'], ['with_cp'])]
+    assert [(r[0], r[1]) for r in rows] == [(m, i) for m in ('eager', 'with_cp') for i in ('ours', 'timm')]
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) > 0  # img/s, s/step
     assert re.search(r'timm .*\d+\.\d\dx \(min \d+\.\d\dx\), \d+\.\d\dx', out)
     assert re.search(r'ours with_cp / eager: memory \d+\.\d\dx, time \d+\.\d\dx', out)
 
 
-def test_benchmark_profile_breaks_ours_and_timm_down_per_op():
-    out = _run('benchmark.py', 'backbone', '--arch', 'atto', '--size', '64', '--batch', '2', '--step', 'train',
-               '--warmup', '1', '--repeat', '1', '--profile', '--top', '40')
+def test_benchmark_profile_breaks_ours_and_timm_down_per_op(capsys):
+    benchmark = _benchmark_module()
+    args = benchmark.parse_args(['backbone', '--arch', 'atto', '--profile', '--top', '40'])
+    assert args.profile and args.top == 40
+    threads = torch.get_num_threads()
+    try:  # what the CLI's fresh process runs, here in-process
+        profiled = benchmark.profile_backbones('atto', 'eager', (64, 64), 2, 'train', 'float32', 'cpu', 1, 1, 1)
+    finally:
+        torch.set_num_threads(threads)
+    benchmark.print_profile(profiled, 40)
+    out = capsys.readouterr().out
     rows = [line.split(' | ') for line in out.splitlines() if ' | ' in line]
     ours = {r[0].split()[0] for r in rows[1:-1] if r[0].strip()}
     timm = {r[1].split()[0] for r in rows[1:-1] if r[1].strip()}
@@ -60,9 +74,7 @@ def test_get_flops_cli():
 
 
 def test_benchmark_output_stride_builds_ours_and_timm_dilated():
-    spec = importlib.util.spec_from_file_location('benchmark', os.path.join(TOOLS, 'benchmark.py'))
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = _benchmark_module()
     assert benchmark.parse_args(['backbone', '--output-stride', '8']).output_stride == 8
     assert benchmark.parse_args(['backbone']).output_stride == 32
     x = torch.zeros(1, 3, 64, 64)
