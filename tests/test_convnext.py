@@ -75,9 +75,11 @@ def test_depthwise_conv_fast_weight_gradient_gradcheck():
     x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(3, 1, 7, 7, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(dwconv, (x, weight, bias))
-    assert torch.autograd.gradcheck(dwconv, (x, weight, None))
-    assert torch.autograd.gradcheck(dwconv, (x, weight, bias, 2))  # dilated (output stride 16 / 8)
+    assert torch.autograd.gradcheck(dwconv, (x, weight, bias), fast_mode=True)
+    assert torch.autograd.gradcheck(dwconv, (x, weight, None), fast_mode=True)
+    # dilated (output stride 16 / 8): a 3x3 kernel keeps the numerical Jacobian small
+    x, weight = x[:1, :2].detach().requires_grad_(), weight[:2, :, :3, :3].detach().requires_grad_()
+    assert torch.autograd.gradcheck(dwconv, (x, weight, bias[:2].detach().requires_grad_(), 2), fast_mode=True)
 
 
 @pytest.mark.parametrize('channels_last,bias,input_grad,contiguous_grad,dilation', [
