@@ -20,6 +20,16 @@ from convnext_backbone.demo import segmentation as demo_seg
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    """Miniature models: a second intra-op thread gains little, and on a busy 2-core machine it stalls at every
+    OpenMP barrier (the pretraining test took 6 min instead of 50 s under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_scenes_keep_every_object_whole_and_recognisable():
     """Shapes lie wholly inside the image (no border clipping that would turn a triangle into a quadrilateral),
     and later shapes never hide more than 1 - MIN_VISIBLE of an earlier one."""
