@@ -108,7 +108,7 @@ def _make_demo_data(*args):
     return out.stdout
 
 
-def test_make_demo_data_cli_writes_every_set(tmp_path):
+def test_make_demo_data_cli_writes_every_set(tmp_path, capsys):
     """The one command line for the demos' data: both sets at once, and each on its own with its options."""
     out = _make_demo_data('all', tmp_path, '--coco-train', 3, '--coco-val', 2, '--ade20k-train', 2, '--ade20k-val', 1)
     assert sorted(os.listdir(tmp_path / 'shapes_coco' / 'annotations')) == ['instances_train.json',
@@ -117,12 +117,15 @@ def test_make_demo_data_cli_writes_every_set(tmp_path):
     assert len(os.listdir(tmp_path / 'shapes_ade20k' / 'annotations' / 'training')) == 2
     assert len(os.listdir(tmp_path / 'shapes_ade20k' / 'images' / 'validation')) == 1
     assert 'shapes_coco: 3 train / 2 val' in out and 'shapes_ade20k: 2 training / 1 validation' in out
-    out = _make_demo_data('ade20k', tmp_path / 'ade', '--train', 2, '--val', 1, '--size', 32, 40)
+    # the other subcommands through the same main(), in-process
+    import runpy
+    make_demo_data = runpy.run_path(os.path.join(ROOT, 'tools', 'make_demo_data.py'))['main']
+    make_demo_data(['ade20k', str(tmp_path / 'ade'), '--train', '2', '--val', '1', '--size', '32', '40'])
     assert len(os.listdir(tmp_path / 'ade' / 'images' / 'training')) == 2
     assert np.asarray(Image.open(tmp_path / 'ade' / 'annotations' / 'validation' / 'ADE_val_00000001.png')).shape \
         == (32, 40)
-    assert '2 training and 1 validation images' in out
-    _make_demo_data('coco', tmp_path / 'coco', '--train', 1, '--val', 1, '--size', 64)
+    assert '2 training and 1 validation images' in capsys.readouterr().out
+    make_demo_data(['coco', str(tmp_path / 'coco'), '--train', '1', '--val', '1', '--size', '64'])
     assert len(os.listdir(tmp_path / 'coco' / 'val')) == 1
 
 
