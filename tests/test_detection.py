@@ -4,6 +4,7 @@ import glob
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,8 +18,18 @@ from convnext_backbone.tools import train as train_tool  # noqa: E402
 from convnext_backbone.tools.common import adapt_to_machine, load_config, revert_sync_bn  # noqa: E402
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'detection', '*.py')))
-SMALL = dict(depths=[1, 1, 2, 1], channels=[16, 32, 48, 64])
+SMALL = dict(depths=[1, 1, 1, 1], channels=[16, 32, 48, 64])
 URL = 'https://dl.fbaipublicfiles.com/convnext/'
+SIZE = 64  # image size of the synthetic data and the tiny configs
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Tiny models: a second intra-op thread gains nothing and stalls at OpenMP barriers on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _random_batch(size=128, num_classes=80):
@@ -27,7 +38,7 @@ def _random_batch(size=128, num_classes=80):
     from mmengine.structures import InstanceData
     sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
                                          scale_factor=(1.0, 1.0), batch_input_shape=(size, size)))
-    boxes = torch.tensor([[10.0, 12.0, 70.0, 60.0], [40.0, 50.0, 120.0, 118.0]])
+    boxes = torch.tensor([[10.0, 12.0, 70.0, 60.0], [40.0, 50.0, 120.0, 118.0]]) * (size / 128)
     masks = torch.zeros(2, size, size, dtype=torch.uint8)
     for i, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
         masks[i, y1:y2, x1:x2] = 1
@@ -42,6 +53,23 @@ def _shrink(cfg):
     cfg.model.neck.in_channels = SMALL['channels']
 
 
+def _shrink_heads(cfg):
+    """16-channel FPN, RPN and RoI heads (one mask conv), fewer proposals and sampled RoIs: what the train-step
+    tests prove is the config's structure (detector, heads, losses, optimizer), not its width."""
+    model = cfg.model
+    model.neck.out_channels = 16
+    model.rpn_head.update(in_channels=16, feat_channels=16)
+    roi = model.roi_head
+    roi.bbox_roi_extractor.out_channels = roi.mask_roi_extractor.out_channels = 16
+    for head in roi.bbox_head if isinstance(roi.bbox_head, list) else [roi.bbox_head]:
+        head.update(in_channels=16, fc_out_channels=32, **({'conv_out_channels': 16}
+                                                            if head.get('num_shared_convs') else {}))
+    roi.mask_head.update(in_channels=16, conv_out_channels=16, num_convs=1)
+    model.train_cfg.rpn_proposal.update(nms_pre=200, max_per_img=100)
+    for rcnn in model.train_cfg.rcnn if isinstance(model.train_cfg.rcnn, list) else [model.train_cfg.rcnn]:
+        rcnn.sampler.num = 64
+
+
 def _one_train_step(cfg):
     from mmdet.registry import MODELS
     from mmengine.optim import build_optim_wrapper
@@ -53,7 +81,7 @@ def _one_train_step(cfg):
     model.init_weights()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     before = model.backbone.stages[3][0].pwconv1.weight.detach().clone()
-    log_vars = model.train_step(_random_batch(), optim_wrapper)
+    log_vars = model.train_step(_random_batch(SIZE), optim_wrapper)
     assert math.isfinite(float(log_vars['loss'])) and float(log_vars['loss']) > 0
     assert {'loss_rpn_cls', 'loss_mask'} <= {k.split('.')[-1] for k in log_vars} | set(log_vars)
     assert not torch.equal(before, model.backbone.stages[3][0].pwconv1.weight)
@@ -92,6 +120,7 @@ RECIPES = {
 def test_config_builds_and_trains_one_step(name):
     cfg = load_config(os.path.join(ROOT, 'configs', 'detection', name + '.py'))
     _shrink(cfg)
+    _shrink_heads(cfg)
     _one_train_step(cfg)
 
 
@@ -180,25 +209,31 @@ def test_paper_hyperparameters(name):
 @pytest.fixture(scope='module')
 def coco(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('shapes_coco'))
-    synthetic_coco.make_coco(root, num_train=8, num_val=4, size=128)
+    synthetic_coco.make_coco(root, num_train=8, num_val=4, size=SIZE)
     return root
 
 
 def _tiny_config(tmp_path, coco, base='mask_rcnn_convnext_t_3x.py', epochs=1, drop_path=0.1):
-    """A config file inheriting a shipped one: small backbone, 128 px, 3 classes, CPU-sized loaders."""
+    """A config file inheriting a shipped one: small backbone, 16-channel neck and heads (as _shrink_heads), 64 px,
+    3 classes, CPU-sized loaders."""
     base = os.path.join(ROOT, 'configs', 'detection', base)
     path = tmp_path / 'tiny.py'
     pipeline = ("[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=True),"
-                " dict(type='Resize', scale=(128, 128), keep_ratio=True), dict(type='RandomFlip', prob=0.5),"
+                f" dict(type='Resize', scale=({SIZE}, {SIZE}), keep_ratio=True), dict(type='RandomFlip', prob=0.5),"
                 " dict(type='PackDetInputs')]")
-    test_pipeline = ("[dict(type='LoadImageFromFile'), dict(type='Resize', scale=(128, 128), keep_ratio=True),"
+    test_pipeline = (f"[dict(type='LoadImageFromFile'), dict(type='Resize', scale=({SIZE}, {SIZE}), "
+                     "keep_ratio=True),"
                      " dict(type='LoadAnnotations', with_bbox=True, with_mask=True), dict(type='PackDetInputs',"
                      " meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]")
     path.write_text(f'''
 _base_ = {base!r}
 model = dict(backbone=dict(arch=dict(_delete_=True, **{SMALL!r}), drop_path_rate={drop_path}, init_cfg=None),
-             neck=dict(in_channels={SMALL['channels']!r}),
-             roi_head=dict(bbox_head=dict(num_classes=3), mask_head=dict(num_classes=3)))
+             neck=dict(in_channels={SMALL['channels']!r}, out_channels=16),
+             rpn_head=dict(in_channels=16, feat_channels=16),
+             roi_head=dict(bbox_roi_extractor=dict(out_channels=16), mask_roi_extractor=dict(out_channels=16),
+                           bbox_head=dict(num_classes=3, in_channels=16, fc_out_channels=32),
+                           mask_head=dict(num_classes=3, in_channels=16, conv_out_channels=16, num_convs=1)),
+             train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100), rcnn=dict(sampler=dict(num=64))))
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
                         dataset=dict(pipeline={pipeline}))
 val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline={test_pipeline}))
@@ -210,7 +245,7 @@ default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
 randomness = dict(seed=0)
 ''')
     cfg = load_config(str(path))
-    cfg.merge_from_dict({k: v for k, v in synthetic_coco.dataset_cfg_options(coco, 128).items()
+    cfg.merge_from_dict({k: v for k, v in synthetic_coco.dataset_cfg_options(coco, SIZE).items()
                          if not k.startswith('model.')})
     cfg.dump(str(path))  # one self-contained file for the tools
     return str(path)
@@ -222,28 +257,40 @@ def _losses(work_dir):
     return {r['iter']: (r['loss'], r['lr']) for r in rows if 'loss' in r}
 
 
-def test_train_then_test_tools_end_to_end(tmp_path, coco):
-    cfg = _tiny_config(tmp_path, coco)
-    work_dir = str(tmp_path / 'work')
-    train_tool.main([cfg, '--work-dir', work_dir])
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, coco):
+    """A 2-epoch config (drop path on: the RNG state must carry over) trained straight through, and the same run
+    stopped after its first epoch's checkpoint (train_cfg.max_epochs=1): the end-to-end test evaluates that
+    checkpoint, the resume test continues it."""
+    directory = tmp_path_factory.mktemp('trained')
+    cfg = _tiny_config(directory, coco, epochs=2, drop_path=0.2)
+    straight, interrupted = str(directory / 'straight'), str(directory / 'interrupted')
+    train_tool.main([cfg, '--work-dir', straight])
+    train_tool.main([cfg, '--work-dir', interrupted, '--cfg-options', 'train_cfg.max_epochs=1'])
+    return dict(cfg=cfg, straight=straight, interrupted=interrupted)
+
+
+def test_train_then_test_tools_end_to_end(tmp_path, trained):
+    cfg, work_dir = trained['cfg'], trained['interrupted']
     checkpoint = os.path.join(work_dir, 'epoch_1.pth')
     assert os.path.exists(checkpoint) and len(_losses(work_dir)) == 4
-    metrics = test_tool.main([cfg, checkpoint, '--work-dir', work_dir, '--out', str(tmp_path / 'preds.pkl'),
-                              '--show-dir', str(tmp_path / 'vis')])
+    metrics = test_tool.main([cfg, checkpoint, '--work-dir', str(tmp_path / 'test'), '--out',
+                              str(tmp_path / 'preds.pkl'), '--show-dir', str(tmp_path / 'vis')])
     assert {'coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'} <= set(metrics)
-    # COCO reports -1 for an area range without ground truth (large objects in 128 px images)
+    # COCO reports -1 for an area range without ground truth (large objects in 64 px images)
     assert all(metrics[k] == -1.0 or 0.0 <= metrics[k] <= 1.0 for k in metrics if k.startswith('coco/'))
     assert os.path.getsize(tmp_path / 'preds.pkl') > 0
     assert len(glob.glob(str(tmp_path / 'vis' / '**' / '*.jpg'), recursive=True)) == 4
-    assert json.load(open(os.path.join(work_dir, 'metrics.json')))['coco/bbox_mAP'] == metrics['coco/bbox_mAP']
+    assert json.load(open(tmp_path / 'test' / 'metrics.json'))['coco/bbox_mAP'] == metrics['coco/bbox_mAP']
 
 
-def test_resume_continues_exactly(tmp_path, coco):
-    cfg = _tiny_config(tmp_path, coco, epochs=2, drop_path=0.2)  # drop path: RNG state must carry over
-    straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
-    train_tool.main([cfg, '--work-dir', straight])
-    # the same run killed after its first checkpoint...
-    train_tool.main([cfg, '--work-dir', interrupted, '--cfg-options', 'train_cfg.max_epochs=1'])
+def test_resume_continues_exactly(tmp_path, trained):
+    cfg, straight = trained['cfg'], trained['straight']
+    # the 2-epoch run killed after its first checkpoint (a copy: the end-to-end test evaluates the original)...
+    interrupted = str(tmp_path / 'interrupted')
+    shutil.copytree(trained['interrupted'], interrupted)
+    with open(os.path.join(interrupted, 'last_checkpoint'), 'w') as f:
+        f.write(os.path.join(interrupted, 'epoch_1.pth'))
     state = torch.load(os.path.join(interrupted, 'epoch_1.pth'), weights_only=True)  # safe loading works
     assert state['meta']['iter'] == 4 and state['optimizer']['state'] and state['param_schedulers']
     # ...resumed from it
@@ -280,6 +327,7 @@ def test_stock_mmdet_convnext_configs_run_with_our_backbone(name):
     cfg.pop('custom_imports')
     cfg.model.backbone.type = 'ConvNeXt'  # the only change a user makes
     cfg.model.backbone.pop('init_cfg')  # no downloads in tests
+    _shrink_heads(cfg)
     _one_train_step(cfg)
 
 
