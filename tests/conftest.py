@@ -26,6 +26,18 @@ def _restore_default_scope():
     DefaultScope._instance_dict = saved
 
 
+@pytest.fixture(scope='module')
+def one_thread():
+    """One torch thread for a test module of miniature models (``pytestmark = pytest.mark.usefixtures(...)``): a
+    second intra-op thread gains nothing at their sizes and stalls at every OpenMP barrier on a busy 2-core machine
+    (a 50 s test took 6 min under load). Restored after the module."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class _ListHandler(logging.Handler):
     def __init__(self):
         super().__init__()

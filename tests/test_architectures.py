@@ -254,14 +254,7 @@ BATCHES = {'mmdet': _det_batch, 'mmseg': _seg_batch, 'mmpretrain': _cls_batch}
 
 # --- the test ----------------------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models: a second intra-op thread gains nothing and stalls at OpenMP barriers when the other core is
-    busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest.one_thread
 
 
 def _registry(scope):

@@ -20,14 +20,7 @@ from convnext_backbone.demo import segmentation as demo_seg
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Miniature models: a second intra-op thread gains little, and on a busy 2-core machine it stalls at every
-    OpenMP barrier (the pretraining test took 6 min instead of 50 s under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest.one_thread
 
 
 def test_scenes_keep_every_object_whole_and_recognisable():

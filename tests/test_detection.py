@@ -23,13 +23,7 @@ URL = 'https://dl.fbaipublicfiles.com/convnext/'
 SIZE = 64  # image size of the synthetic data and the tiny configs
 
 
-@pytest.fixture(scope='module', autouse=True)
-def one_thread():
-    """Tiny models: a second intra-op thread gains nothing and stalls at OpenMP barriers on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest.one_thread
 
 
 def _random_batch(size=128, num_classes=80):

@@ -33,13 +33,7 @@ EXPORT_INPUT = (2, 3, 64, 64)
 SECOND_INPUT = (1, 3, 96, 160)  # another batch, height and width: exercises the dynamic shapes
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """Tiny models: a second intra-op thread gains nothing and stalls at OpenMP barriers on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest.one_thread
 
 
 def tiny(version: str, **kwargs) -> ConvNeXt:

@@ -21,12 +21,7 @@ STRIDES = {None: ((4, 2, 2, 2), (1, 1, 1, 1), [4, 8, 16, 32]),
            8: ((4, 2, 1, 1), (1, 1, 2, 4), [4, 8, 8, 8])}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest.one_thread
 
 
 def _timm_layout(features_only_state_dict):

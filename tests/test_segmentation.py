@@ -64,14 +64,7 @@ SIZE = 64
 _configs = {}
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    """These models are tiny: a second intra-op thread gains nothing, and when the other core is busy (a
-    parallel job) every op waits at OpenMP's barrier for a descheduled thread, which made this file 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest.one_thread
 
 
 def load(path, **kwargs):
