@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from test_detection import ROOT, _tiny_config, coco, one_thread  # noqa: F401  (the synthetic data, 1 thread)
+from test_detection import ROOT, _tiny_config, coco  # noqa: F401  (the synthetic data)
 
 from convnext_backbone.crash_safe import (PREEMPTED_EXIT_STATUS, TEST_KILL_ENV, CheckpointProblem,
                                           ResumeError, check_checkpoint, find_resume_checkpoint)
@@ -27,6 +27,7 @@ EPOCHS, ITERS_PER_EPOCH = 3, 4  # 8 images, batch 2
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable,
            PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
 LOG_LINE = re.compile(r'Epoch\(train\)\s+\[\d+\]\[\s*\d+/\d+\]')
+pytestmark = pytest.mark.usefixtures('one_thread')  # the in-process runs: see conftest.one_thread
 
 
 @pytest.fixture(scope='module')
