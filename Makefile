@@ -2,6 +2,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# one pytest-xdist worker per core, a test file per worker at a time (its module fixtures built once)
+PYTEST_WORKERS ?= auto
 
 .PHONY: help install demo demo-seg test clean
 
@@ -10,7 +12,7 @@ help:
 	@echo 'make install    create $(VENV) with the pinned stack (run by demo / demo-seg / test on first use; docs/stack.md)'
 	@echo 'make demo       the paper'"'"'s detection pipeline in miniature on generated data: Mask R-CNN, box / mask AP (CPU)'
 	@echo 'make demo-seg   the segmentation half: UperNet on generated data, mIoU (CPU; docs/demos.md)'
-	@echo 'make test       the whole test suite (CPU, no downloads); PYTEST_ARGS="..." passes options to pytest'
+	@echo 'make test       the whole test suite (CPU, no downloads); one worker per core (PYTEST_WORKERS=1: serial); PYTEST_ARGS="..." passes options to pytest'
 	@echo 'make clean      remove $(VENV), build outputs, .pytest_cache, work_dirs/ and the demos'"'"' data/shapes_*'
 	@echo 'make help       this list (also what a bare `make` prints)'
 
@@ -24,7 +26,7 @@ demo-seg: install
 	$(PY) tools/demo_seg.py
 
 test: install
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache work_dirs data/shapes_coco data/shapes_ade20k

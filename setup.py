@@ -41,7 +41,7 @@ setup(
         'all': ['mmcv>=2.0,<2.2', 'mmdet>=3.3,<3.4', 'mmsegmentation>=1.2,<1.3', 'ftfy', 'regex', 'timm>=0.9'],
         # reference implementations and exporters the tests use (never imported by the package); mmpretrain
         # itself is installed with --no-deps by tools/install.sh, its import-time needs are listed here
-        'tests': ['pytest>=8', 'matplotlib', 'transformers>=5', 'onnx', 'onnxruntime', 'onnxscript',
+        'tests': ['pytest>=8', 'pytest-xdist', 'matplotlib', 'transformers>=5', 'onnx', 'onnxruntime', 'onnxscript',
                   'einops', 'importlib-metadata', 'mat4py', 'modelindex', 'rich'],
     },
 )

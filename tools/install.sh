@@ -98,7 +98,7 @@ say "checking the stack imports"
 import torch, torchvision, mmcv, mmengine, mmdet, mmseg, timm, numpy
 from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops load)
 import convnext_backbone
-import onnx, onnxruntime, onnxscript, transformers  # noqa: F401,E401  (test extras)
+import onnx, onnxruntime, onnxscript, transformers, xdist  # noqa: F401,E401  (test extras)
 from mmdet.models import MaskRCNN  # noqa: F401  (mmdet's models import without mmpretrain in sight)
 import os, sys  # noqa: E401
 sys.path.insert(0, os.path.join(sys.prefix, 'test-extras'))
