@@ -72,7 +72,7 @@ def test_compile_configs_train_and_infer_like_eager(name):
         _eager_runs[key] = (batch, initial, feats_before, _train_and_infer(eager, batch, cfg.optim_wrapper))
     batch, initial, feats_before, (logs_e, feats_e, preds_e) = _eager_runs[key]
     compiled = copy.deepcopy(initial)
-    torch._dynamo.reset()  # see _compile
+    torch._dynamo.reset()  # see test_compile._compile
     if cfg.get('compile'):
         Runner._maybe_compile(types.SimpleNamespace(cfg=cfg, model=compiled, logger=MMLogger.get_current_instance()),
                               'train_step')
