@@ -34,6 +34,15 @@ def _train_and_infer(model, batch, optim_cfg):
     return log_vars, feats, preds
 
 
+def _two_detection_images():
+    """Two 64x64 images, the segmentation batch's shape: the compiled backbone's graphs (train and eval) are then
+    the UperNet hook config's too (the same shrunk backbone), and inductor's cache compiles them once."""
+    import test_detection
+    import test_segmentation
+    batches = [test_detection._random_batch(test_segmentation.SIZE) for _ in range(2)]
+    return {key: batches[0][key] + batches[1][key] for key in ('inputs', 'data_samples')}
+
+
 @pytest.mark.parametrize('name', ['mask_rcnn_convnext_t_3x_compile', 'upernet_convnext_t_512_160k_ade20k_compile',
                                   'upernet_convnext_t_512_160k_ade20k_compile_train_step'])
 def test_compile_configs_train_and_infer_like_eager(name):
@@ -52,7 +61,7 @@ def test_compile_configs_train_and_infer_like_eager(name):
         # one block a stage (as test_segmentation's): compiling, not depth, is what this test pays for
         cfg.model.backbone.arch = dict(test_segmentation.TINY)
         cfg.model.neck.in_channels = test_segmentation.TINY['channels']
-        make_batch = test_detection._random_batch
+        make_batch = _two_detection_images
     else:
         test_segmentation.shrink(cfg)
         make_batch = test_segmentation.random_batch
