@@ -100,3 +100,13 @@ class _GetattrGadget:
 
     def __reduce__(self):
         return getattr, (np.ndarray, 'tofile')
+
+
+def test_the_suite_hands_out_its_longest_files_first(request):
+    """``make test``'s two workers finish together only if the longest files start first: conftest orders them so
+    and keeps pytest-xdist from re-sorting the files by their number of tests (its default)."""
+    from conftest import LONGEST_FIRST
+    assert request.config.option.loadscopereorder is False
+    files = list(dict.fromkeys(item.path.name for item in request.session.items))
+    present = [name for name in LONGEST_FIRST if name in files]
+    assert files[:len(present)] == present
