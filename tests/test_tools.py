@@ -136,3 +136,15 @@ def test_counting_on_shapes_equals_a_real_forward():
     model, scope = build_model_from_config(cfg)
     batch = model.data_preprocessor(dummy_batch(scope, (96, 160), 'cpu'), False)
     assert shapes_only and macs == count_macs(lambda: model(batch['inputs'], batch['data_samples'], mode='tensor'))
+
+
+def test_a_model_with_compiled_extension_ops_is_counted_on_a_real_forward():
+    """mmcv's compiled ops (here DCNv2 convolutions in the decode head) cannot run on fake tensors: the count falls
+    back to a real forward instead of failing."""
+    from convnext_backbone.tools.common import load_config
+    from convnext_backbone.tools.get_flops import model_complexity
+    cfg = load_config(os.path.join(os.path.dirname(__file__), '..', 'configs', 'segmentation',
+                                   'upernet_convnext_t_512_160k_ade20k.py'))
+    cfg.model.decode_head.conv_cfg = dict(type='DCNv2', deform_groups=1)
+    macs, _, _, shapes_only = model_complexity(cfg, (64, 64))
+    assert not shapes_only and macs > 0

@@ -14,13 +14,14 @@ paper's numbers were counted with (mmdet 2's forward_dummy); mmdet 3's CascadeRo
 mask heads on every proposal instead, which would triple the count (Cascade Mask R-CNN T: 2171G, not 741G).
 A model whose forward has no value-dependent shapes (segmentors, single-stage heads) is counted on fake tensors
 (shapes only: the same count in a second, not a minute's CPU forward at 512x2048); a two-stage detector runs for
-real, because NMS decides how many proposals its RoI heads see.
+real, because NMS decides how many proposals its RoI heads see, and so does a model with compiled extension ops
+(mmcv's deformable convolutions read their inputs' data).
 """
 import argparse
 import os
 
 import torch
-from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from convnext_backbone import ConvNeXt
@@ -74,7 +75,10 @@ def model_complexity(config, size):
     try:
         with FakeTensorMode(allow_non_fake_inputs=True) as fake:  # the weights stay real; no compute is done
             return count_macs(lambda: run(fake.from_tensor(batch['inputs']))), params, backbone_params, True
-    except (DataDependentOutputException, DynamicOutputShapeException):  # a shape depends on values (NMS)
+    except RuntimeError:
+        # a shape depends on values (NMS: DataDependentOutputException, DynamicOutputShapeException), or a compiled
+        # extension op (mmcv's DCN, ...) reads the data of a fake tensor: count on a real forward, where a genuine
+        # error in the model raises again
         return count_macs(lambda: run(batch['inputs'])), params, backbone_params, False
 
 
