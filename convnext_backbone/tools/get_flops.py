@@ -93,7 +93,7 @@ def main(argv=None):
     size = args.size if len(args.size) == 2 else args.size * 2
     if args.config:
         macs, params, backbone, shapes_only = model_complexity(args.config, size)
-        how = 'shapes only' if shapes_only else 'a real forward: its proposals depend on the values'
+        how = 'shapes only' if shapes_only else 'a real forward: a shape or an op needs the values'
         print(f'{args.config} at {size[0]}x{size[1]} (HxW): FLOPs {macs / 1e9:.1f}G, params {params / 1e6:.1f}M '
               f'(backbone {backbone / 1e6:.1f}M; counted on {how})')
     else:
