@@ -24,6 +24,10 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 CACHE=${CONVNEXT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/convnext_backbone}
 CONSTRAINTS=requirements/constraints.txt
+# One install at a time per venv (two `make test` runs started together would both install into it).
+mkdir -p "$(dirname "$VENV")"
+exec 9>"$VENV.lock"
+flock 9
 say() { printf '[install] %s\n' "$*"; }
 pin() { sed -n "s/^$1==\([^ ]*\).*/\1/p" "$CONSTRAINTS"; }
 
