@@ -1,13 +1,17 @@
 """convnext_backbone: the ConvNeXt backbone plugin for OpenMMLab 2.x (mmdet 3, mmseg 1, mmpretrain, any mmengine
 codebase).
 
-    pip install -e .            # torch + mmengine: the backbone, checkpoint loading, the lr-decay constructor
-    pip install -e .[det]       # + mmdet (and mmcv) for the detection configs and tools
-    pip install -e .[seg]       # + mmsegmentation
-    pip install -e .[all]       # everything the configs and tools use (what `make install` installs)
+    pip install -e .            # into a project that has mmengine (OpenMMLab's or onedl's): moves nothing of it
+    pip install -e .[det]       # from scratch: + OpenMMLab's mmengine, mmcv and mmdet for the detection configs
+    pip install -e .[seg]       # + OpenMMLab's mmsegmentation
+    pip install -e .[all]       # OpenMMLab's everything the configs and tools use (+ timm, onnx, onnxruntime)
+    pip install -e .[onedl]     # the same from the onedl fork's distributions instead
 
-Version ranges here are what the code is written for; the one tested stack is pinned in
-requirements/constraints.txt and installed by tools/install.sh (mmcv must be compiled).
+install_requires are the lowest versions the stack suite proves (docs/stack.md): the classic stack (torch 2.1)
+and the onedl stack install this package without a change to their torch, mmcv, mmengine, mmdet or mmseg. mmengine
+is imported, not required: OpenMMLab ships it as `mmengine`, the onedl fork as `onedl-mmengine` (the same
+module), and naming either would make pip replace the other. The tested stacks are requirements/<stack>.txt,
+installed by tools/install.sh (mmcv must be compiled).
 """
 from setuptools import find_packages, setup
 
@@ -22,23 +26,27 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(include=['convnext_backbone', 'convnext_backbone.*']),
     # The package itself needs only torch and mmengine (and safetensors to read .safetensors files): it
-    # registers into mmengine's root registries, which every OpenMMLab 2.x codebase searches.
+    # registers into mmengine's root registries, which every OpenMMLab 2.x codebase searches. mmengine is checked
+    # at import (either distribution), see the docstring.
     install_requires=[
-        'torch>=2.7',  # torch.compiler.is_exporting
-        'mmengine>=0.10,<0.11',
+        'torch>=2.1',
         'safetensors>=0.4',
         'numpy',
     ],
     extras_require={
-        # mmdetection: the detection configs and tools
-        'det': ['mmcv>=2.0,<2.2', 'mmdet>=3.3,<3.4'],
+        # OpenMMLab's distributions: mmdetection, the detection configs and tools
+        'det': ['mmengine>=0.10,<0.11', 'mmcv>=2.0,<2.2', 'mmdet>=3.3,<3.4'],
         # mmsegmentation (1.2 imports ftfy and regex at import time without declaring them)
-        'seg': ['mmcv>=2.0,<2.2', 'mmsegmentation>=1.2,<1.3', 'ftfy', 'regex'],
+        'seg': ['mmengine>=0.10,<0.11', 'mmcv>=2.0,<2.2', 'mmsegmentation>=1.2,<1.3', 'ftfy', 'regex'],
         # timm: tools/benchmark.py's reference
         'timm': ['timm>=0.9'],
         # onnx + onnxruntime: tools/export.py (export to ONNX, check in ONNX Runtime)
         'deploy': ['onnx', 'onnxruntime'],
-        'all': ['mmcv>=2.0,<2.2', 'mmdet>=3.3,<3.4', 'mmsegmentation>=1.2,<1.3', 'ftfy', 'regex', 'timm>=0.9'],
+        'all': ['mmengine>=0.10,<0.11', 'mmcv>=2.0,<2.2', 'mmdet>=3.3,<3.4', 'mmsegmentation>=1.2,<1.3', 'ftfy',
+                'regex', 'timm>=0.9', 'onnx', 'onnxruntime'],
+        # the onedl fork's distributions (same modules): never mix them with the OpenMMLab extras above
+        'onedl': ['onedl-mmengine>=0.10.12', 'onedl-mmcv>=2.3', 'onedl-mmdetection>=3.5',
+                  'onedl-mmsegmentation>=1.4', 'timm>=0.9', 'onnx', 'onnxruntime'],
         # reference implementations and exporters the tests use (never imported by the package); mmpretrain
         # itself is installed with --no-deps by tools/install.sh, its import-time needs are listed here
         'tests': ['pytest>=8', 'pytest-xdist', 'matplotlib', 'transformers>=5', 'onnx', 'onnxruntime', 'onnxscript',

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 
-from . import cpu_kernels
+from . import compat, cpu_kernels
 
 # depths, channels (timm and the ConvNeXt / ConvNeXt-V2 papers)
 ARCH_SETTINGS = {
@@ -256,8 +256,7 @@ def _mmpretrain_scope() -> bool:
 
 
 def _autocast(x: torch.Tensor) -> bool:
-    device = x.device.type
-    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return compat.autocast_enabled(x.device.type)
 
 
 def _low_precision(x: torch.Tensor) -> bool:
@@ -268,7 +267,7 @@ def _low_precision(x: torch.Tensor) -> bool:
 
 def _float32(x: torch.Tensor):
     """A context computing in float32: autocast switched off on x's device where it exists."""
-    if torch.amp.is_autocast_available(x.device.type):
+    if compat.autocast_supported(x.device.type):
         return torch.autocast(x.device.type, enabled=False)
     return contextlib.nullcontext()
 
@@ -279,7 +278,7 @@ def _compiling() -> bool:
     ``cannot determine truth value of Relational: 8*((s0//4)) < 8`` (it sorts their symbolic strides without
     the shape environment; pytorch/pytorch#185510, timm's ConvNeXt fails the same way). The model avoids such
     views there: LayerNorm2d normalises the NCHW tensor itself, the blocks' pointwise layers work on 2-D rows."""
-    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+    return compat.is_compiling() and not compat.is_exporting()
 
 
 class LayerNorm(nn.LayerNorm):

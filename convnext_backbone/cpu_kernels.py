@@ -5,7 +5,8 @@
     if cpu_kernels.applies(x):
         return cpu_kernels.block_forward(self, x)
 
-The kernels are ``torch.library`` custom ops (namespace ``convnext``), each with a fake (meta) implementation
+The kernels are ``torch.library`` custom ops (namespace ``convnext``; on torch < 2.4 plain autograd functions
+with the same forward and backward, see :mod:`convnext_backbone.compat`), each with a fake (meta) implementation
 and, except the inference-only ``mlp_inference``, an autograd formula whose backward kernels are custom ops too:
 
 - ``convnext::linear``: oneDNN's ``x W^T + b``, fused with GELU (inference) or with the residual add;
@@ -23,7 +24,7 @@ breaks and fuses what lies between (LayerNorm, permutes, layer scale, residual a
 whenever
 
 - the model is traced, scripted or exported for deployment: ``torch.jit`` tracing/scripting, the TorchScript
-  ONNX exporter, ``torch.export`` and the dynamo ONNX exporter (``torch.compiler.is_exporting()``), FX symbolic
+  ONNX exporter, ``torch.export`` and the dynamo ONNX exporter (``compat.is_exporting()``), FX symbolic
   tracing, or any ``__torch_dispatch__`` mode or tensor subclass outside ``torch.compile`` (fake tensors,
   functionalisation, FLOP counters): deployment graphs and these tools need portable aten ops;
 - CPU autocast is on (the plain ops autocast; our float32 kernels would mix dtypes);
@@ -44,6 +45,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .compat import KERNELS_UNDER_COMPILE, autocast_enabled, custom_op, is_compiling, is_exporting
 
 __all__ = ['applies', 'block_forward', 'plain_ops']
 
@@ -78,10 +81,10 @@ def _fx_tracing() -> bool:
 def tracing() -> bool:
     """Whether a tracer, scripter or exporter is looking at the ops being run. ``torch.compile`` is not one:
     dynamo records the kernels as custom-op calls and inductor calls them."""
-    if torch.compiler.is_exporting():
+    if is_exporting():
         return True
-    if torch.compiler.is_compiling():
-        return False
+    if is_compiling():  # opaque custom ops in the graph; plain ops where torch lacks them (see compat)
+        return not KERNELS_UNDER_COMPILE
     return bool(torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
                 or _fx_tracing() or torch._C._len_torch_dispatch_stack() > 0)
 
@@ -92,7 +95,7 @@ def applies(x: torch.Tensor) -> bool:
     requested by this thread."""
     return (ONEDNN and type(x) is torch.Tensor and x.device.type == 'cpu' and x.dtype == torch.float32
             and x.is_contiguous(memory_format=torch.channels_last)
-            and not getattr(_local, 'plain', False) and not torch.is_autocast_enabled('cpu')
+            and not getattr(_local, 'plain', False) and not autocast_enabled('cpu')
             and not tracing())
 
 
@@ -145,7 +148,7 @@ def _none_if_empty(grads, needs):
     return tuple(g if need else None for g, need in zip(grads, needs))
 
 
-@torch.library.custom_op('convnext::linear', mutates_args=())
+@custom_op('convnext::linear', mutates_args=())
 def linear(x: Tensor, weight: Tensor, bias: Tensor, other: Optional[Tensor] = None, gelu: bool = False) -> Tensor:
     """``x W^T + b`` on ``(M, C)`` rows, or ``GELU(x W^T + b)`` with ``gelu`` (no autograd: inference only), or
     with the residual ``other`` (the block's NCHW channels-last input) the block's output ``other + x W^T + b``
@@ -182,7 +185,7 @@ def _linear_backward(ctx, grad):
 linear.register_autograd(_linear_backward, setup_context=_linear_setup_context)
 
 
-@torch.library.custom_op('convnext::mlp', mutates_args=())
+@custom_op('convnext::mlp', mutates_args=())
 def mlp(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor, other: Optional[Tensor] = None,
         save_act: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """``GELU(x W1^T + b1) W2^T + b2`` on ``(M, C)`` rows in one autograd node, with the residual ``other`` (the
@@ -202,7 +205,7 @@ def _(x, weight1, bias1, weight2, bias2, other=None, save_act=True):
     return out, hidden, hidden.new_empty(hidden.shape if save_act else (0,))
 
 
-@torch.library.custom_op('convnext::mlp_backward', mutates_args=())
+@custom_op('convnext::mlp_backward', mutates_args=())
 def mlp_backward(grad: Tensor, x: Tensor, weight1: Tensor, hidden: Tensor, weight2: Tensor, act: Tensor,
                  needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The gradients ``(x, W1, b1, W2, b2)`` of :func:`mlp` (empty tensors where ``needs`` is false): the GELU
@@ -256,7 +259,7 @@ mlp.register_autograd(_mlp_backward, setup_context=_mlp_setup_context)
 MLP_CHUNK_ROWS = 2048
 
 
-@torch.library.custom_op('convnext::mlp_inference', mutates_args=())
+@custom_op('convnext::mlp_inference', mutates_args=())
 def mlp_inference(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor,
                   other: Optional[Tensor] = None) -> Tensor:
     """``GELU(x W1^T + b1) W2^T + b2`` on ``(M, C)`` rows without autograd (inference), with the residual
@@ -290,7 +293,7 @@ def _(x, weight1, bias1, weight2, bias2, other=None):
     return _linear_out(x, weight2) if other is None else _image_out(other)
 
 
-@torch.library.custom_op('convnext::dwconv', mutates_args=())
+@custom_op('convnext::dwconv', mutates_args=())
 def dwconv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, dilation: int = 1) -> Tensor:
     """The blocks' depthwise KxK conv (stride 1, ``dilation``, zero 'same' padding); its autograd computes the
     weight gradient with :func:`dwconv_weight_grad`. Forward and input gradient are the ordinary conv ops."""
@@ -304,7 +307,7 @@ def _(x, weight, bias=None, dilation=1):
                     groups=x.shape[1])
 
 
-@torch.library.custom_op('convnext::dwconv_weight_grad', mutates_args=())
+@custom_op('convnext::dwconv_weight_grad', mutates_args=())
 def dwconv_weight_grad(x: Tensor, grad: Tensor, kernel_size: int, dilation: int = 1) -> Tensor:
     """The depthwise conv's weight gradient, faster than oneDNN's.
 

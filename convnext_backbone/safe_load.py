@@ -11,8 +11,9 @@ methods (a general ``getattr`` would hand a pickle any method of any allowed obj
 import pickle
 
 import numpy as np
-import torch
 from mmengine.logging.history_buffer import HistoryBuffer
+
+from .compat import add_safe_globals
 
 
 def _numpy_globals():
@@ -43,4 +44,5 @@ def history_buffer_getattr(obj, name):
 
 
 MMENGINE_SAFE_GLOBALS = [HistoryBuffer, (history_buffer_getattr, 'builtins.getattr')] + _numpy_globals()
-torch.serialization.add_safe_globals(MMENGINE_SAFE_GLOBALS)
+# torch < 2.4 has no allow-list (and loads with weights_only=False by default, as mmengine does): see compat
+SAFE_LOADING_TAUGHT = add_safe_globals(MMENGINE_SAFE_GLOBALS)

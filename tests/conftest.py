@@ -10,10 +10,39 @@ sys.path.insert(0, os.path.dirname(__file__))  # reference_convnext and helpers
 # tools/install.sh into its own folder that only the tests put on sys.path. It imports its multimodal models
 # (BLIP, ...) whenever transformers is installed, and they do not import with transformers 5 (also a test
 # extra). The tests use only its vision models: tell it the multimodal extras are absent.
-sys.path.insert(0, os.path.join(sys.prefix, 'test-extras'))
-import mmpretrain.utils.dependency  # noqa: E402
+# Only the pinned stack has it (the stack suites below do not use it).
+STACK = os.environ.get('CONVNEXT_STACK', 'pinned')
+if STACK == 'pinned':
+    sys.path.insert(0, os.path.join(sys.prefix, 'test-extras'))
+    import mmpretrain.utils.dependency  # noqa: E402
 
-mmpretrain.utils.dependency.WITH_MULTIMODAL = False
+    mmpretrain.utils.dependency.WITH_MULTIMODAL = False
+
+# The stack suite: the user's path, run on every stack (`make test STACK=classic|onedl` runs only these; the pinned
+# stack runs everything). File -> test functions (every parametrisation). Each name must match a test: a renamed
+# test fails the run instead of silently leaving the suite.
+STACK_SUITE = {
+    'test_stack.py': '*',
+    'test_convnext.py': ('test_every_arch_shapes_strides_channels', 'test_fast_path_equals_official_forward_and_gradients',
+                         'test_fused_training_path_equals_plain_ops_with_active_drop_path',
+                         'test_cpu_training_takes_the_fused_autograd_nodes', 'test_inference_fast_path_equals_official',
+                         'test_with_cp_and_channels_last_match_eager_including_drop_path',
+                         'test_frozen_stages_stay_frozen_after_train', 'test_bad_arguments_raise_clear_errors',
+                         'test_registered_in_mmdet_and_mmseg', 'test_cpu_autocast_training_skips_the_float32_kernels'),
+    'test_checkpoint.py': ('test_timm_weights_give_timm_features', 'test_official_classification_checkpoint',
+                           'test_mmpretrain_classifier_checkpoint_skips_pooled_norm',
+                           'test_mmdet_model_zoo_detector_checkpoint_via_prefix',
+                           'test_official_finetuned_dense_checkpoint_and_safetensors', 'test_garbage_file_is_a_clear_error',
+                           'test_pickled_objects_are_refused', 'test_runner_load_from_refuses_non_finite_backbone_weights'),
+    'test_layer_decay.py': '*',
+    'test_output_stride.py': '*',
+    'test_detection.py': ('test_config_builds_and_trains_one_step', 'test_resume_continues_exactly'),
+    'test_segmentation.py': ('test_recipe_trains_one_step',),
+    'test_dropin.py': ('test_imports_and_builds_without_the_other_codebases', 'test_each_scope_gets_the_convnext_it_names'),
+    'test_export.py': ('test_fused_kernels_run_in_eager_inference_and_never_while_tracing',
+                       'test_onnx_torchscript_exporter_dynamic_shapes_in_onnxruntime', 'test_jit_trace',
+                       'test_output_stride_8_jit_trace_and_onnxruntime', 'test_export_tool_segmentor_whole_image_to_logits'),
+}
 
 
 def _share_the_cores():
@@ -49,9 +78,32 @@ def pytest_configure(config):
         config.option.loadscopereorder = False
 
 
-def pytest_collection_modifyitems(items):
+def pytest_ignore_collect(collection_path, config):
+    """Off the pinned stack, only the stack suite's files are collected (the others may import what that stack
+    lacks, e.g. transformers 5 or mmpretrain)."""
+    if STACK != 'pinned' and collection_path.suffix == '.py' and collection_path.name.startswith('test_'):
+        return collection_path.name not in STACK_SUITE
+    return None
+
+
+def _in_stack_suite(item) -> bool:
+    names = STACK_SUITE.get(item.path.name)
+    return names == '*' or (names is not None and item.originalname in names)
+
+
+def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: every file keeps its own order
+    collected = {(item.path.name, item.originalname) for item in items}
+    files = {name for name, _ in collected}
+    missing = [f'{file}::{name}' for file, names in STACK_SUITE.items() if names != '*' and file in files
+               for name in names if (file, name) not in collected]
+    if missing and not config.option.keyword and not config.option.markexpr and not any('::' in a for a in config.args):
+        raise pytest.UsageError(f'conftest.STACK_SUITE names tests that do not exist: {missing}')
+    if STACK != 'pinned':
+        deselected = [item for item in items if not _in_stack_suite(item)]
+        items[:] = [item for item in items if _in_stack_suite(item)]
+        config.hook.pytest_deselected(items=deselected)
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from convnext_backbone import ARCH_SETTINGS, ConvNeXt
+from convnext_backbone import ARCH_SETTINGS, ConvNeXt, compat
 from convnext_backbone.convnext import Block
 from convnext_backbone.cpu_kernels import ONEDNN as _ONEDNN
 from reference_convnext import OfficialConvNeXt, randomize_
@@ -125,9 +125,11 @@ def test_fused_training_path_equals_plain_ops_with_active_drop_path(ls):
         assert (grads_fast[name] - g).abs().max() < 1e-5 * max(1.0, g.abs().max().item()), name
 
 
-# autograd nodes of the kernels' custom ops (torch.library names them after the op)
-_DWCONV_NODE, _MLP_NODE, _LINEAR_NODE = (f'GeneratedBackwardFor_convnext_{op}_defaultBackward'
-                                          for op in ('dwconv', 'mlp', 'linear'))
+# autograd nodes of the kernels' custom ops (torch.library names them after the op; on torch < 2.4 they are
+# autograd functions named after the op, see compat)
+_DWCONV_NODE, _MLP_NODE, _LINEAR_NODE = (
+    f'GeneratedBackwardFor_convnext_{op}_defaultBackward' if compat.HAS_CUSTOM_OP else f'convnext_{op}Backward'
+    for op in ('dwconv', 'mlp', 'linear'))
 
 
 def _autograd_nodes(tensor):

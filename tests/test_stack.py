@@ -1,24 +1,121 @@
-"""The pinned OpenMMLab stack installs and works: imports, compiled mmcv ops, registries, safe loading."""
+"""Each tested OpenMMLab stack installs and works: the versions its requirements file pins, compiled mmcv ops,
+registries, safe loading, an install of this package that moves nothing, and the private torch internals that the
+CPU kernels lean on. Runs on every stack (conftest.STACK_SUITE)."""
 import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib import metadata
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+
+from conftest import STACK
+from convnext_backbone import compat
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the distributions a user's stack consists of: installing this package must not move any of them
+USER_STACK = {'torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation', 'onedl-mmcv', 'onedl-mmengine',
+              'onedl-mmdetection', 'onedl-mmsegmentation', 'numpy', 'timm'}
 
 
-def test_stack_imports_at_pinned_versions():
+def _pins(stack: str) -> dict:
+    path = os.path.join(ROOT, 'requirements', f'{stack}.txt')
+    with open(path) as f:
+        return dict(re.match(r'([A-Za-z0-9_.-]+)==(\S+)', line).groups() for line in f if re.match(r'[A-Za-z].*==', line))
+
+
+def test_stack_is_installed_at_its_pinned_versions():
+    pins = _pins(STACK)
+    assert {'torch', 'torchvision', 'timm', 'numpy'} <= set(pins)
+    for name, version in pins.items():
+        installed = metadata.version(name)
+        # torch's local version (+cpu, +cu121) is the wheel's flavour, not another release
+        assert installed.split('+')[0] == version, f'{name}: requirements/{STACK}.txt pins {version}, installed {installed}'
     import mmcv
     import mmdet
     import mmengine
     import mmseg
-    import timm
-    import torchvision
-    assert torch.__version__.startswith('2.14.1')
-    assert torchvision.__version__.startswith('0.29.1')
-    assert (mmcv.__version__, mmengine.__version__, mmdet.__version__, mmseg.__version__) == \
-        ('2.1.0', '0.10.7', '3.3.0', '1.2.2')
-    assert timm.__version__.startswith('1.0.')
-    assert np.__version__.startswith('2.')
+    for module in (mmcv, mmdet, mmengine, mmseg):  # the modules are the ones of the pinned distributions
+        dist = next(d for d in pins if d.replace('onedl-', '').replace('mmdetection', 'mmdet')
+                    .replace('mmsegmentation', 'mmseg') == module.__name__)
+        assert module.__version__ == pins[dist]
+
+
+def test_installing_this_package_moves_nothing_of_the_stack(tmp_path):
+    """What `pip install convnext_backbone` (with the extras of the stack's ecosystem) would install here: nothing of
+    torch / mmcv / mmengine / mmdet / mmseg / numpy / timm (pip resolves install_requires against the venv)."""
+    extras = 'onedl' if STACK == 'onedl' else 'all'
+    report = tmp_path / 'report.json'
+    out = subprocess.run([sys.executable, '-m', 'pip', 'install', '--dry-run', '--no-build-isolation', '--no-index',
+                          '--quiet', '--report', str(report), f'{ROOT}[{extras}]'],
+                         capture_output=True, text=True, env={**os.environ, 'PIP_CONSTRAINT': ''})
+    assert out.returncode == 0, out.stderr[-3000:]
+    installs = {item['metadata']['name'].lower() for item in json.loads(report.read_text())['install']}
+    assert installs == {'convnext-backbone'} or installs == {'convnext_backbone'}, installs
+    assert not installs & USER_STACK
+
+
+def test_private_torch_internals_the_kernels_use_still_behave():
+    """The CPU kernels call oneDNN's fused linear, ``torch.ops.mkldnn._linear_pointwise`` (no public API fuses the
+    bias / GELU / residual add), and ask ``torch._C._len_torch_dispatch_stack`` whether a dispatch mode is active.
+    FX symbolic tracing is asked of ``torch.fx._symbolic_trace``. All are private: this fails on the stack whose
+    torch changes them (the kernels check that the op exists and
+    step aside without it; a changed signature or result is caught here)."""
+    from convnext_backbone import cpu_kernels
+    assert cpu_kernels.ONEDNN, 'oneDNN fused linear missing: the CPU kernels would run as plain ops'
+    assert torch._C._len_torch_dispatch_stack() == 0
+    x, w, b, other = torch.randn(6, 8), torch.randn(5, 8), torch.randn(5), torch.randn(6, 5)
+    torch.testing.assert_close(torch.ops.mkldnn._linear_pointwise(x, w, b, 'none', [], ''), F.linear(x, w, b))
+    torch.testing.assert_close(torch.ops.mkldnn._linear_pointwise(x, w, b, 'gelu', [], 'none'), F.gelu(F.linear(x, w, b)))
+    torch.testing.assert_close(torch.ops.mkldnn._linear_pointwise.binary(x, other, w, b, 'add'), F.linear(x, w, b) + other)
+    # FX symbolic tracing is told by torch.fx._symbolic_trace (no public query): the gate must see it
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, t):
+            seen.append(cpu_kernels.tracing())
+            return t + 1
+
+    torch.fx.symbolic_trace(Probe())
+    Probe()(torch.zeros(1))
+    assert seen == [True, False]
+
+
+def test_the_kernels_are_custom_ops_where_torch_has_them_else_autograd_functions():
+    from convnext_backbone import cpu_kernels
+    if hasattr(torch.library, 'custom_op'):
+        assert compat.HAS_CUSTOM_OP and hasattr(torch.ops.convnext, 'mlp')
+        assert compat.KERNELS_UNDER_COMPILE == hasattr(torch.compiler, 'is_exporting')
+    else:
+        assert isinstance(cpu_kernels.mlp, compat._AutogradOp) and not compat.KERNELS_UNDER_COMPILE
+    x = torch.randn(1, 8, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(8, 1, 3, 3, requires_grad=True)
+    out = cpu_kernels.dwconv(x, w, None, 1)
+    out.square().sum().backward()
+    ref_x, ref_w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    F.conv2d(ref_x, ref_w, padding=1, groups=8).square().sum().backward()
+    torch.testing.assert_close(x.grad, ref_x.grad)
+    torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_paper_configs_find_their_package_base_configs():
+    """``mmdet::`` / ``mmseg::`` base configs resolve on every stack; on the onedl fork only through the
+    distribution aliases that ``import convnext_backbone`` installs (mmengine asks for ``mmsegmentation``)."""
+    import sys
+    from mmengine.config import Config
+    if STACK == 'onedl':
+        assert any(isinstance(f, compat.OnedlDistributionAliases) for f in sys.meta_path)
+        assert metadata.version('mmsegmentation') == metadata.version('onedl-mmsegmentation')
+    else:
+        assert not any(isinstance(f, compat.OnedlDistributionAliases) for f in sys.meta_path)
+    for config in ('segmentation/upernet_convnext_t_512_160k_ade20k.py', 'detection/cascade_convnext_t_3x.py'):
+        cfg = Config.fromfile(os.path.join(ROOT, 'configs', config))
+        assert cfg.model.backbone.type == 'ConvNeXt' and cfg.train_dataloader.dataset.type
 
 
 def test_roi_align_on_cpu_known_answer():
@@ -67,9 +164,12 @@ def test_mmengine_checkpoint_metadata_loads_with_weights_only(tmp_path):
     ckpt = {'meta': {'message_hub': hub.state_dict(), 'epoch': 1, 'seed': np.int64(3)},
             'state_dict': {'w': torch.ones(2)}, 'optimizer': {'state': {}, 'param_groups': []}}
     torch.save(ckpt, tmp_path / 'epoch_1.pth')
-    loaded = torch.load(tmp_path / 'epoch_1.pth', weights_only=True)
+    loaded = compat.load_mmengine_checkpoint(tmp_path / 'epoch_1.pth')
     buffer = loaded['meta']['message_hub']['log_scalars']['train/loss']
     assert isinstance(buffer, HistoryBuffer) and buffer.current() == 0.5
+    if not compat.HAS_SAFE_GLOBALS:  # torch < 2.4: nothing to allow-list; mmengine loads as it does there
+        assert compat.load_mmengine_checkpoint(tmp_path / 'epoch_1.pth')['meta']['epoch'] == 1
+        return
     # ...and nothing else: arbitrary objects are still refused
     torch.save({'x': argparse.Namespace(a=1)}, tmp_path / 'evil.pth')
     with pytest.raises(Exception, match='Unsupported global'):
@@ -88,8 +188,8 @@ def test_mmengine_checkpoint_loads_in_a_fresh_process(tmp_path):
     hub = MessageHub.get_instance('test_fresh_process')
     hub.update_scalar('train/loss', 0.5)
     torch.save({'meta': {'message_hub': hub.state_dict()}, 'state_dict': {}}, tmp_path / 'ckpt.pth')
-    code = ('import torch, convnext_backbone; '
-            f'c = torch.load({str(tmp_path / "ckpt.pth")!r}, weights_only=True); '
+    code = ('import torch, convnext_backbone; from convnext_backbone import compat; '
+            f'c = compat.load_mmengine_checkpoint({str(tmp_path / "ckpt.pth")!r}); '
             "print(c['meta']['message_hub']['log_scalars']['train/loss'].current())")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith('0.5'), out.stderr[-2000:]

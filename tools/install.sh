@@ -1,38 +1,49 @@
 #!/usr/bin/env bash
-# Install the pinned OpenMMLab stack + this package into .venv, unattended and idempotently.
+# Install one of the tested OpenMMLab stacks + this package into its own venv, unattended and idempotently.
 #
-#   bash tools/install.sh          (what `make install` runs)
+#   bash tools/install.sh                  the pinned stack into .venv (what `make install` runs)
+#   STACK=classic bash tools/install.sh    torch 2.1.2 + mmcv 2.1.0 + mmdet 3.3 / mmseg 1.2 into .venv-classic
+#   STACK=onedl bash tools/install.sh      torch 2.8.0 + the onedl fork (onedl-mmcv 2.3.6, ...) into .venv-onedl
+#
+# requirements/<STACK>.txt is each stack's single source of truth (docs/stack.md says why each pin).
 #
 # Environment knobs:
-#   PYTHON=python3.11       interpreter used to create .venv (default: python3)
-#   VENV=.venv              where the virtual environment lives
-#   CONVNEXT_CACHE=DIR      wheel cache (default ~/.cache/convnext_backbone)
+#   STACK=pinned|classic|onedl  which stack (default pinned)
+#   PYTHON=python3.11       interpreter used to create the venv (default: python3)
+#   VENV=DIR                where the virtual environment lives (default .venv, .venv-classic, .venv-onedl)
+#   CONVNEXT_CACHE=DIR      wheel cache (default ~/.cache/convnext_backbone), shared by the stacks
 #   FORCE_CUDA=1            build mmcv's CUDA ops (needs nvcc matching torch's CUDA); default: CPU ops,
 #                           or CUDA ops automatically when torch sees a GPU.
 #   MAX_JOBS=N              parallel compile jobs for mmcv (default: number of cores)
 #
-# mmcv 2.1.0 (the newest mmcv that mmdet 3.3 / mmseg 1.2 accept) ships no wheels for current torch, so
-# we compile it. Its setup.py hard-codes -std=c++17, which torch >= 2.14 headers reject, so the flag is
-# raised to C++20 before building. The wheel is cached under a key of mmcv + torch + python + ops flavour,
-# because a wheel built against another torch fails at import with undefined symbols (pip's own wheel
-# cache does not know that, which is why we keep our own).
+# mmcv ships no wheels on PyPI (mmcv 2.1.0's are on OpenMMLab's own index, onedl-mmcv's on onedl's), so we
+# compile it from PyPI's sdist. The wheel is cached under a key of mmcv + torch + python + ops flavour, because a
+# wheel built against another torch fails at import with undefined symbols (pip's own wheel cache does not know
+# that, which is why we keep our own).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
+STACK=${STACK:-pinned}
+case "$STACK" in
+    pinned)  DEFAULT_VENV=.venv;         MMCV_DIST=mmcv ;;
+    classic) DEFAULT_VENV=.venv-classic; MMCV_DIST=mmcv ;;
+    onedl)   DEFAULT_VENV=.venv-onedl;   MMCV_DIST=onedl-mmcv ;;
+    *) echo "[install] unknown STACK=$STACK: use pinned, classic or onedl (docs/stack.md)" >&2; exit 2 ;;
+esac
 PYTHON=${PYTHON:-python3}
-VENV=${VENV:-.venv}
+VENV=${VENV:-$DEFAULT_VENV}
 CACHE=${CONVNEXT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/convnext_backbone}
-CONSTRAINTS=requirements/constraints.txt
+CONSTRAINTS=requirements/$STACK.txt
 # One install at a time per venv (two `make test` runs started together would both install into it).
 mkdir -p "$(dirname "$VENV")"
 exec 9>"$VENV.lock"
 flock 9
-say() { printf '[install] %s\n' "$*"; }
+say() { printf '[install %s] %s\n' "$STACK" "$*"; }
 pin() { sed -n "s/^$1==\([^ ]*\).*/\1/p" "$CONSTRAINTS"; }
 
 # Everything that decides what gets installed; if none of it changed since the last success, stop here.
-STAMP_INPUTS=$(cat "$CONSTRAINTS" setup.py tools/install.sh requirements/*.txt | sha256sum | cut -c1-16)
+STAMP_INPUTS=$(cat "$CONSTRAINTS" setup.py tools/install.sh | sha256sum | cut -c1-16)
 STAMP="$VENV/.convnext_backbone-installed"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$STAMP_INPUTS" && -x "$VENV/bin/python" ]]; then
     say "up to date ($VENV matches $CONSTRAINTS); nothing to do"
@@ -60,55 +71,67 @@ if [[ "${FORCE_CUDA:-0}" == "1" ]] || "$PY" -c 'import sys, torch; sys.exit(0 if
 else
     OPS=cpu
 fi
-MMCV_VERSION=$(pin mmcv)
-KEY="mmcv-${MMCV_VERSION}_torch-${TORCH_VERSION}_${PY_TAG}_${OPS}"
+MMCV_VERSION=$(pin "$MMCV_DIST")
+KEY="${MMCV_DIST}-${MMCV_VERSION}_torch-${TORCH_VERSION}_${PY_TAG}_${OPS}"
 WHEEL_DIR="$CACHE/wheels/$KEY"
 
-if ! ls "$WHEEL_DIR"/mmcv-*.whl >/dev/null 2>&1; then
-    say "no cached mmcv wheel for $KEY"
-    say "building mmcv $MMCV_VERSION with ops ($OPS) from source: this takes ~15 minutes on 2 cores"
+if ! ls "$WHEEL_DIR"/*.whl >/dev/null 2>&1; then
+    say "no cached $MMCV_DIST wheel for $KEY"
+    say "building $MMCV_DIST $MMCV_VERSION with ops ($OPS) from source: 10-15 minutes on 2 cores"
     BUILD=$(mktemp -d)
     trap 'rm -rf "$BUILD"' EXIT
     # The sdist's metadata step imports torch, so fetch it from inside the venv without isolation.
-    "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation "mmcv==$MMCV_VERSION" -d "$BUILD"
-    tar -xzf "$BUILD"/mmcv-"$MMCV_VERSION".tar.gz -C "$BUILD"
-    SRC="$BUILD/mmcv-$MMCV_VERSION"
-    # torch >= 2.14 headers need C++20; mmcv hard-codes C++17.
-    sed -i 's/-std=c++14/-std=c++20/g; s/-std=c++17/-std=c++20/g' "$SRC/setup.py"
-    grep -q 'c++20' "$SRC/setup.py" || { say "could not raise the C++ standard in mmcv's setup.py"; exit 1; }
-    mkdir -p "$BUILD/out"
+    "${PIP[@]}" download -q --no-deps --no-binary :all: --no-build-isolation "$MMCV_DIST==$MMCV_VERSION" -d "$BUILD"
+    mkdir -p "$BUILD/src" "$BUILD/out"
+    tar -xzf "$BUILD"/*.tar.gz -C "$BUILD/src"
+    SRC=$(ls -d "$BUILD"/src/*/ | head -n 1)
+    if "$PY" -c 'import sys, torch; sys.exit(0 if tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 14) else 1)'; then
+        # torch >= 2.14 headers need C++20; mmcv 2.1.0 hard-codes C++14 / C++17.
+        sed -i 's/-std=c++14/-std=c++20/g; s/-std=c++17/-std=c++20/g' "$SRC/setup.py"
+        grep -q 'c++20' "$SRC/setup.py" || { say "could not raise the C++ standard in $MMCV_DIST's setup.py"; exit 1; }
+    fi
     MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)} \
         "${PIP[@]}" wheel --no-deps --no-build-isolation -w "$BUILD/out" "$SRC"
     mkdir -p "$WHEEL_DIR"
-    mv "$BUILD"/out/mmcv-*.whl "$WHEEL_DIR"/
+    mv "$BUILD"/out/*.whl "$WHEEL_DIR"/
     say "cached $(ls "$WHEEL_DIR")"
 else
-    say "using cached mmcv wheel $(ls "$WHEEL_DIR")"
+    say "using cached $MMCV_DIST wheel $(ls "$WHEEL_DIR")"
 fi
-"${PIP[@]}" install -q "$WHEEL_DIR"/mmcv-*.whl
+"${PIP[@]}" install -q "$WHEEL_DIR"/*.whl
 
-say "the rest of the pinned stack and convnext_backbone (editable, all extras and the test extras)"
-"${PIP[@]}" install -q -e ".[all,tests]"
-
-# mmpretrain is the tests' reference for its ConvNeXt, and only theirs: it goes into its own folder, which
-# tests/conftest.py puts on sys.path. Installed into the venv, every process would see it, and mmdet imports it
-# when present (ReID preprocessor), which fails with transformers 5 (mmpretrain's BLIP). --no-deps: its
-# requirements would move the pins above.
-say "mmpretrain $(pin mmpretrain) for the tests, into $VENV/test-extras (seen by the tests only), without its dependencies"
-"${PIP[@]}" install -q --no-deps --upgrade --target "$VENV/test-extras" "mmpretrain==$(pin mmpretrain)"
+if [[ "$STACK" == pinned ]]; then
+    say "the rest of the pinned stack and convnext_backbone (editable, all extras and the test extras)"
+    "${PIP[@]}" install -q -e ".[all,tests]"
+    # mmpretrain is the tests' reference for its ConvNeXt, and only theirs: it goes into its own folder, which
+    # tests/conftest.py puts on sys.path. Installed into the venv, every process would see it, and mmdet imports
+    # it when present (ReID preprocessor), which fails with transformers 5 (mmpretrain's BLIP). --no-deps: its
+    # requirements would move the pins above.
+    say "mmpretrain $(pin mmpretrain) for the tests, into $VENV/test-extras (seen by the tests only), without its dependencies"
+    "${PIP[@]}" install -q --no-deps --upgrade --target "$VENV/test-extras" "mmpretrain==$(pin mmpretrain)"
+else
+    # As a user of this stack has it: the stack first, from its own distributions, then this package with its
+    # plain install_requires, which must find everything already there (tests/test_stacks.py checks that pip
+    # would move nothing).
+    say "the rest of the $STACK stack (requirements/$STACK.txt), then convnext_backbone (editable, no extras)"
+    "${PIP[@]}" install -q -r "$CONSTRAINTS"
+    "${PIP[@]}" install -q -e .
+fi
 
 say "checking the stack imports"
-"$PY" - <<'PY'
-import torch, torchvision, mmcv, mmengine, mmdet, mmseg, timm, numpy
-from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops load)
-import convnext_backbone
-import onnx, onnxruntime, onnxscript, transformers, xdist  # noqa: F401,E401  (test extras)
-from mmdet.models import MaskRCNN  # noqa: F401  (mmdet's models import without mmpretrain in sight)
+STACK=$STACK "$PY" - <<'PY'
 import os, sys  # noqa: E401
-sys.path.insert(0, os.path.join(sys.prefix, 'test-extras'))
-import mmpretrain.utils.dependency  # noqa: E402
-print(f"[install] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, mmcv {mmcv.__version__}, "
-      f"mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}, "
-      f"timm {timm.__version__}, numpy {numpy.__version__}")
+import torch, torchvision, mmcv, mmengine, mmdet, mmseg, timm, numpy  # noqa: E401
+from mmcv.ops import RoIAlign, nms  # noqa: F401  (compiled ops load)
+import convnext_backbone  # noqa: F401
+import onnx, onnxruntime, xdist  # noqa: F401,E401  (test extras of every stack)
+from mmdet.models import MaskRCNN  # noqa: F401  (mmdet's models import without mmpretrain in sight)
+if os.environ['STACK'] == 'pinned':
+    import onnxscript, transformers  # noqa: F401,E401
+    sys.path.insert(0, os.path.join(sys.prefix, 'test-extras'))
+    import mmpretrain.utils.dependency  # noqa: F401
+print(f"[install {os.environ['STACK']}] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, "
+      f"mmcv {mmcv.__version__}, mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, "
+      f"mmseg {mmseg.__version__}, timm {timm.__version__}, numpy {numpy.__version__}")
 PY
 echo "$STAMP_INPUTS" > "$STAMP"
