@@ -10,6 +10,8 @@ torch for an API that one of them lacks; each entry says which torch brought the
   (:data:`KERNELS_UNDER_COMPILE`).
 - ``torch.compiler.is_exporting`` (torch 2.7): without it, :func:`is_exporting` is False, so nothing tells an
   exporter's dynamo trace from a compile; the kernels then also step aside under every ``torch.compile``.
+- ``torch.onnx.export(dynamo=...)`` (torch 2.5; the dynamo exporter is the default from 2.9): :func:`onnx_export`
+  always runs the TorchScript-based exporter.
 - ``torch.serialization.add_safe_globals`` (torch 2.4): where it is missing, safe loading (``weights_only=True``)
   cannot be taught mmengine's checkpoint metadata; :func:`load_mmengine_checkpoint` then reads mmengine's own
   checkpoints the way mmengine does on that torch.
@@ -114,9 +116,10 @@ class _AutogradOp:
     def __call__(self, *args, **kwargs):
         bound = self._signature.bind(*args, **kwargs)
         bound.apply_defaults()
-        if self._function is not None and torch.is_grad_enabled():
-            return self._function.apply(*bound.args)
-        return self._fn(*bound.args)
+        with torch.profiler.record_function(self.name):  # profiles name the op as they name a custom op
+            if self._function is not None and torch.is_grad_enabled():
+                return self._function.apply(*bound.args)
+            return self._fn(*bound.args)
 
 
 def custom_op(name: str, mutates_args=()):
@@ -124,6 +127,14 @@ def custom_op(name: str, mutates_args=()):
     if HAS_CUSTOM_OP:
         return torch.library.custom_op(name, mutates_args=mutates_args)
     return lambda fn: _AutogradOp(name, fn)
+
+
+def onnx_export(*args, **kwargs):
+    """``torch.onnx.export`` with the TorchScript-based exporter on every torch: from torch 2.5 it takes
+    ``dynamo=`` (and from 2.9 defaults to the dynamo exporter), before that the TorchScript one is the only one."""
+    if 'dynamo' in inspect.signature(torch.onnx.export).parameters:
+        kwargs.setdefault('dynamo', False)
+    return torch.onnx.export(*args, **kwargs)
 
 
 # --- mmengine: the onedl fork's distribution names ---------------------------------------------------------

@@ -260,7 +260,7 @@ def _autocast(x: torch.Tensor) -> bool:
 
 
 def _low_precision(x: torch.Tensor) -> bool:
-    if not isinstance(x.dtype, torch.dtype):  # an FX proxy: symbolic tracing records the float32 graph
+    if isinstance(x, torch.fx.Proxy):  # symbolic tracing records the float32 graph
         return False
     return x.dtype in (torch.float16, torch.bfloat16) or _autocast(x)
 

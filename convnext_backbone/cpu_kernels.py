@@ -93,10 +93,10 @@ def applies(x: torch.Tensor) -> bool:
     """True where :func:`block_forward` may run: an ordinary float32 CPU tensor in channels-last memory, eager
     or under ``torch.compile`` (no exporter or tracer, see :func:`tracing`), no CPU autocast, and plain ops not
     requested by this thread."""
-    return (ONEDNN and type(x) is torch.Tensor and x.device.type == 'cpu' and x.dtype == torch.float32
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and not getattr(_local, 'plain', False) and not autocast_enabled('cpu')
-            and not tracing())
+    # tracing() first: torch 2.1's dynamo (torch.export there) cannot evaluate the type check below
+    return (ONEDNN and not tracing() and type(x) is torch.Tensor and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+            and not getattr(_local, 'plain', False) and not autocast_enabled('cpu'))
 
 
 # --- the kernels -----------------------------------------------------------------------------------------

@@ -48,6 +48,8 @@ from mmengine.fileio import LocalBackend, get_file_backend, register_backend
 from mmengine.hooks import CheckpointHook, Hook
 from mmengine.runner import EpochBasedTrainLoop
 
+from . import compat
+
 PREEMPTED_EXIT_STATUS = 75  # EX_TEMPFAIL (sysexits.h): a temporary failure, retrying is expected to work
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 TEST_KILL_ENV = 'CONVNEXT_BACKBONE_TEST_KILL_AT'
@@ -236,7 +238,7 @@ def check_checkpoint(path: str, verify_data: bool = True) -> dict:
     if bad is not None:
         raise CheckpointProblem(f'is corrupt (CRC mismatch in record {bad!r})')
     try:
-        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+        checkpoint = compat.load_mmengine_checkpoint(path, map_location='cpu', mmap=True)
     except Exception as e:  # noqa: BLE001  (any unpickling failure makes the file unusable; say which)
         raise CheckpointProblem(f'cannot be loaded by torch.load: {type(e).__name__}: {str(e)[:300]}') from None
     missing = [k for k in ('state_dict', 'meta', 'optimizer')

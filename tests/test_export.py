@@ -18,8 +18,9 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
+import torch.utils.flop_counter  # noqa: F401  (not imported by `import torch` on torch 2.1)
 
-from convnext_backbone import ConvNeXt, cpu_kernels
+from convnext_backbone import ConvNeXt, compat, cpu_kernels
 from convnext_backbone.convnext import GRN, LayerNorm2d
 from convnext_backbone.tools import export as export_tool
 from convnext_backbone.tools.common import build_model_from_config, dummy_batch, load_config
@@ -92,7 +93,7 @@ def test_fused_kernels_run_in_eager_inference_and_never_while_tracing(model, fus
     assert len(fused_calls) == NUM_BLOCKS  # every block took the fused path
     routes = {
         'jit.trace': lambda: torch.jit.trace(model, x, check_trace=False),  # the check would re-run eagerly
-        'onnx (TorchScript)': lambda: torch.onnx.export(model, (x,), str(tmp_path / 'm.onnx'), dynamo=False,
+        'onnx (TorchScript)': lambda: compat.onnx_export(model, (x,), str(tmp_path / 'm.onnx'),
                                                         opset_version=17),
         'torch.export': lambda: torch.export.export(model, (x,)),
         'fx.symbolic_trace': lambda: torch.fx.symbolic_trace(model),
@@ -171,7 +172,7 @@ def test_jit_trace(model):
 def torchscript_onnx(model, path):
     """The TorchScript exporter, opset 17, batch / height / width dynamic in the input and every output."""
     names = [f'out{i}' for i in range(4)]
-    torch.onnx.export(model, (inputs(EXPORT_INPUT),), path, dynamo=False, opset_version=17, input_names=['image'],
+    compat.onnx_export(model, (inputs(EXPORT_INPUT),), path, opset_version=17, input_names=['image'],
                       output_names=names,
                       dynamic_axes={n: {0: 'batch', 2: f'{n}_h', 3: f'{n}_w'} for n in ['image', *names]})
     assert_portable_and_dynamic(path)

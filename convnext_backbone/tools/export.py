@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import compat
 from .common import build_model_from_config, load_config, require
 
 OPSET = 17
@@ -190,7 +191,7 @@ def export_onnx(graph, sample, path: str, dynamic: bool = False) -> list[str]:
         dynamic_axes = {'image': {0: 'batch', 2: 'height', 3: 'width'}}
         dynamic_axes.update({name: {0: 'batch', 2: f'{name}_height', 3: f'{name}_width'} for name in names})
     with torch.no_grad():
-        torch.onnx.export(exportable(graph), (sample,), path, dynamo=False, opset_version=OPSET, input_names=['image'],
+        compat.onnx_export(exportable(graph), (sample,), path, opset_version=OPSET, input_names=['image'],
                           output_names=names, dynamic_axes=dynamic_axes)
     return names
 
