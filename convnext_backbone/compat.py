@@ -83,10 +83,16 @@ def load_mmengine_checkpoint(path, **kwargs):
     """``torch.load`` of a checkpoint that mmengine wrote (it pickles its MessageHub into ``meta``): safely
     (``weights_only=True``, with :mod:`convnext_backbone.safe_load`'s allow-list) where torch can be taught those
     classes, else as mmengine itself loads it on that torch (torch < 2.4: its default, a full unpickle of a
-    file from the run's own work_dir)."""
-    if HAS_SAFE_GLOBALS:
-        return torch.load(path, weights_only=True, **kwargs)
-    return torch.load(path, weights_only=False, **kwargs)
+    file from the run's own work_dir).
+
+    The allow-list is registered again for the call: onedl-mmengine loads inside
+    ``torch.serialization.safe_globals([HistoryBuffer, numpy types, ...])``, whose exit *removes* those entries from
+    the process-wide list, ours included (registering is a set union: nothing is removed or added twice)."""
+    if not HAS_SAFE_GLOBALS:
+        return torch.load(path, weights_only=False, **kwargs)
+    from .safe_load import MMENGINE_SAFE_GLOBALS
+    add_safe_globals(MMENGINE_SAFE_GLOBALS)
+    return torch.load(path, weights_only=True, **kwargs)
 
 
 class _AutogradOp:
@@ -153,6 +159,9 @@ class OnedlDistributionAliases:
     installed the same ``mmseg`` module as ``onedl-mmsegmentation`` (onedl-mmengine 0.10.12 still asks for the old
     name). ``mmdet::`` works there only because mmengine falls back to the module name, which for mmdet is the same.
     """
+
+    def find_spec(self, fullname, path=None, target=None):
+        return None  # finds no modules: only distributions
 
     def find_distributions(self, context=None):
         from importlib import metadata

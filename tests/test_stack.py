@@ -180,6 +180,26 @@ def test_mmengine_checkpoint_metadata_loads_with_weights_only(tmp_path):
         torch.load(tmp_path / 'gadget.pth', weights_only=True)
 
 
+@pytest.mark.skipif(not hasattr(torch.serialization, 'safe_globals'), reason='torch < 2.5 has no safe_globals scope')
+def test_mmengine_checkpoint_loads_after_a_safe_globals_scope_removed_our_entries(tmp_path):
+    """onedl-mmengine loads checkpoints inside ``torch.serialization.safe_globals([HistoryBuffer, numpy ...])``,
+    whose exit removes those entries from the process-wide allow-list, ours included: the package's own loads
+    (crash-safe checks, tools) must not depend on the process-wide list surviving that."""
+    from mmengine.logging import HistoryBuffer, MessageHub
+    from convnext_backbone.safe_load import MMENGINE_SAFE_GLOBALS
+    hub = MessageHub.get_instance('test_scope_removal')
+    hub.update_scalar('train/loss', np.float64(0.25))
+    torch.save({'meta': {'message_hub': hub.state_dict()}}, tmp_path / 'ckpt.pth')
+    try:
+        with torch.serialization.safe_globals([HistoryBuffer, np.ndarray, np.dtype]):
+            pass
+        assert HistoryBuffer not in torch.serialization.get_safe_globals()  # what the scope's exit does
+        loaded = compat.load_mmengine_checkpoint(tmp_path / 'ckpt.pth')
+        assert loaded['meta']['message_hub']['log_scalars']['train/loss'].current() == 0.25
+    finally:
+        compat.add_safe_globals(MMENGINE_SAFE_GLOBALS)
+
+
 def test_mmengine_checkpoint_loads_in_a_fresh_process(tmp_path):
     """What `tools/test.py CONFIG CKPT` does: no HistoryBuffer exists yet in the loading process."""
     import subprocess
