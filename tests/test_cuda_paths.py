@@ -1,6 +1,9 @@
-"""CUDA code paths that CPU runs never take, checked without a GPU: the CPU kernels step aside for non-CPU tensors,
-with_cp under autocast gives the gradients of no checkpointing, cudnn.benchmark is left alone, and the
-mixed-precision optimizer-wrapper snippets of docs/gpu.md merge into their recipes and build."""
+"""CUDA code paths. Checked without a GPU: the CPU kernels step aside for non-CPU tensors, with_cp under autocast
+gives the gradients of no checkpointing, cudnn.benchmark is left alone, and the mixed-precision optimizer-wrapper
+snippets of docs/gpu.md merge into their recipes and build. Checked on a GPU (the ``on_cuda`` tests, skipped without
+one; ``bash tools/gpu_check.sh run`` runs them on the device machine): ours with timm's weights equals timm in fp32
+and under autocast bf16 / fp16, the plain ops on CUDA equal the CPU kernels, with_cp under fp16 autocast."""
+import copy
 import os
 import re
 from unittest import mock
@@ -11,9 +14,14 @@ import torch
 import convnext_backbone.convnext as convnext_module
 from convnext_backbone import ConvNeXt, cpu_kernels
 from convnext_backbone.convnext import Block
+from convnext_backbone.tools import benchmark
+from reference_convnext import randomize_
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(depths=[1, 2, 1, 1], channels=[8, 16, 32, 64])
+ON_CUDA = pytest.param('cuda', id='on_cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                      reason='no CUDA device here'))
+DEVICES = [pytest.param('cpu', id='on_cpu'), ON_CUDA]
 
 
 def _reports_cuda():
@@ -55,34 +63,84 @@ def test_a_block_on_cuda_runs_the_plain_ops(monkeypatch):
 
 # --- (b) with_cp under autocast ----------------------------------------------------------------------------
 
-def _grads(model, x):
+def _grads(model, x, dtype):
     torch.manual_seed(3)  # the same drop-path masks for both models
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast(x.device.type, dtype=dtype):
         loss = sum((o.float() ** 2).mean() for o in model(x))
     loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_with_cp_under_bf16_autocast_gives_the_same_grads(monkeypatch):
+@pytest.mark.parametrize('device,dtype', [pytest.param('cpu', torch.bfloat16, id='on_cpu-bf16'),
+                                          pytest.param(*ON_CUDA.values, torch.float16, id='on_cuda-fp16',
+                                                       marks=ON_CUDA.marks)])
+def test_with_cp_under_autocast_gives_the_same_grads(monkeypatch, device, dtype):
     torch.manual_seed(0)
     plain = ConvNeXt(TINY, drop_path_rate=0.3, layer_scale_init_value=1.0).train()
     checkpointed = ConvNeXt(TINY, drop_path_rate=0.3, layer_scale_init_value=1.0, with_cp=True).train()
     checkpointed.load_state_dict(plain.state_dict())
     for model in (plain, checkpointed):  # a frozen stem: stage 0's first block gets an input without grad
         model.downsample_layers[0].requires_grad_(False)
+        model.to(device)
     reentrant = []
     real = convnext_module.cp.checkpoint
     monkeypatch.setattr(convnext_module.cp, 'checkpoint',
                         lambda fn, x, use_reentrant: reentrant.append(use_reentrant) or real(
                             fn, x, use_reentrant=use_reentrant))
-    x = torch.randn(2, 3, 32, 32)
-    expected = _grads(plain, x)
+    x = torch.randn(2, 3, 32, 32, device=device)
+    expected = _grads(plain, x, dtype)
     assert reentrant == []
-    got = _grads(checkpointed, x)
+    got = _grads(checkpointed, x, dtype)
     assert reentrant == [False, True, True, True]  # both kinds; the last stage is not checkpointed
     assert got.keys() == expected.keys() and len(got) == sum(p.requires_grad for p in plain.parameters())
-    for name in expected:  # the recomputation runs under the same autocast state: same bf16 rounding
+    for name in expected:  # the recomputation runs under the same autocast state: same low-precision rounding
         torch.testing.assert_close(got[name], expected[name], rtol=1e-2, atol=1e-4, msg=name)
+
+
+# --- (b2) numerics on the device: ours vs timm, the plain ops vs the CPU kernels ------------------------------
+
+@pytest.mark.parametrize('v2', [False, True], ids=['v1', 'v2'])
+@pytest.mark.parametrize('device', DEVICES)
+def test_ours_with_timms_weights_matches_timm_in_fp32_and_under_autocast(device, v2):
+    """The check's correctness measurement (``benchmark.compare_with_timm``) with non-trivial weights everywhere
+    (norm affines, layer scale, GRN): fp32 (TF32 off) within 1e-4; under autocast bf16 / fp16 ours finite, also on
+    an input x1000 (whose squares overflow fp16: our norms compute in fp32), and no further off than timm's."""
+    ours, reference = (m.to(device) for m in benchmark.timm_pair(TINY, v2, init=randomize_))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)).to(device)
+    for scale in (1.0, benchmark.LARGE_INPUT_SCALE):
+        for dtype in benchmark.DTYPES:
+            if not benchmark.autocast_takes(device, dtype):
+                assert device == 'cpu' and dtype == 'float16', f'autocast on {device} lacks {dtype}'
+                continue  # torch < 2.2: CPU autocast takes bfloat16 only
+            row = benchmark.compare_with_timm(ours, reference, x * scale, dtype)
+            assert row['passed'] and row['ours_finite'], (scale, dtype, row)
+            if dtype == 'float32':
+                assert max(row['ours_max_abs_err']) < 1e-4, row
+
+
+@pytest.mark.parametrize('device', [ON_CUDA])
+def test_the_plain_ops_on_cuda_equal_the_cpu_kernels(device):
+    """The same model and input: the CPU kernels (fused MLP, depthwise weight gradient) against the plain ops that
+    run on CUDA (float32, TF32 off): outputs and every gradient."""
+    model = randomize_(ConvNeXt(TINY, layer_scale_init_value=1.0)).train()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+
+    def step(model, x):
+        outs = model(x.contiguous(memory_format=torch.channels_last))
+        sum((o ** 2).mean() for o in outs).backward()
+        return [o.detach().cpu() for o in outs], {n: p.grad.cpu() for n, p in model.named_parameters()}
+    calls = []
+    real = cpu_kernels.block_forward
+    with mock.patch.object(cpu_kernels, 'block_forward', lambda *a: calls.append(1) or real(*a)):
+        outs, grads = step(model, x)
+        assert len(calls) == sum(TINY['depths'])  # the kernels ran on CPU ...
+        with benchmark.exact_float32():
+            cuda_outs, cuda_grads = step(copy.deepcopy(model).to(device), x.to(device))
+        assert len(calls) == sum(TINY['depths'])  # ... and not on CUDA
+    torch.testing.assert_close(cuda_outs, outs, rtol=1e-4, atol=1e-4)
+    assert cuda_grads.keys() == grads.keys()
+    for name in grads:
+        torch.testing.assert_close(cuda_grads[name], grads[name], rtol=1e-4, atol=1e-4, msg=name)
 
 
 # --- (c) cudnn.benchmark is left to the user ------------------------------------------------------------
@@ -130,7 +188,6 @@ def test_docs_snippet_merges_into_its_recipe_and_builds(tmp_path, config, code):
     from mmengine.optim import AmpOptimWrapper, build_optim_wrapper
 
     from convnext_backbone.tools.common import build_model_from_config, dummy_train_batch, load_config
-    from convnext_backbone.tools.gpu_check import SMOKE, _shrink_model_cfg
     user_config = tmp_path / 'my_config.py'
     user_config.write_text(f'_base_ = [{os.path.join(ROOT, config)!r}]\n{code}')
     cfg = load_config(str(user_config))
@@ -140,7 +197,7 @@ def test_docs_snippet_merges_into_its_recipe_and_builds(tmp_path, config, code):
         'bfloat16' if bf16 else None)
     for key in ('constructor', 'optimizer', 'paramwise_cfg'):  # the recipe's settings are kept
         assert cfg.optim_wrapper[key] == recipe.optim_wrapper[key]
-    _shrink_model_cfg(cfg, SMOKE['arch'])
+    benchmark.shrink_model_cfg(cfg, benchmark.SMOKE['arch'])
     if cfg.default_scope == 'mmseg':
         cfg.model.data_preprocessor.size = (64, 64)
     model, scope = build_model_from_config(cfg)

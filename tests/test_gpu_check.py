@@ -1,29 +1,32 @@
-"""tools/gpu_check.py: the CPU smoke writes every row of every section, the result is valid JSON that the schema
-accepts, and the validator rejects a result with a row dropped, a section missing or a field mistyped."""
+"""`tools/benchmark.py check` (the device run's measuring half): the CPU smoke writes every row of every section, the
+result is valid JSON that the schema accepts, and the validator rejects a result with a row dropped, a section
+missing or a field mistyped. The CUDA correctness checks are tests: tests/test_cuda_paths.py."""
 import copy
 import json
+import subprocess
 import sys
 
 import pytest
 import torch
 
-from convnext_backbone.tools import gpu_check
-from convnext_backbone.tools.gpu_check import GpuCheckResultError, expected_rows, validate
+from convnext_backbone.tools import benchmark
+from convnext_backbone.tools.benchmark import CheckResultError, expected_rows, validate
 
 
 @pytest.fixture(scope='module')
 def smoke():
     """One whole smoke run (every section), through JSON as the CLI writes it."""
-    return json.loads(json.dumps(gpu_check.run('cpu', smoke=True, log=lambda msg: None)))
+    return json.loads(json.dumps(benchmark.check('cpu', smoke=True, log=lambda msg: None)))
 
 
 def test_smoke_writes_every_expected_row(smoke):
     validate(smoke)
-    assert set(smoke['sections']) == set(gpu_check.SECTIONS)
+    assert set(smoke['sections']) == set(benchmark.SECTIONS)
     for section, ids in expected_rows().items():
         assert [r['id'] for r in smoke['sections'][section]['rows']] == ids
         assert smoke['sections'][section]['status'] == 'ok'
     assert smoke['smoke'] is True and smoke['device'] == 'cpu'
+    assert smoke['env']['torch'] == torch.__version__ and smoke['env']['simd'] in ('AVX-512', 'AVX2', 'no AVX2')
 
 
 def test_smoke_figures(smoke):
@@ -42,49 +45,66 @@ def test_smoke_figures(smoke):
     # CPU: the training steps ran, CUDA memory statistics do not exist
     assert {r['status'] for r in sections['memory']['rows']} == {'n/a'}
     models = {r['id']: r for r in sections['models']['rows']}
-    assert models['upernet_t']['status'] == 'ok' and models['upernet_t']['anchor_gb'] == gpu_check.UPERNET_ZOO_GB
+    assert models['upernet_t']['status'] == 'ok' and models['upernet_t']['anchor_gb'] == benchmark.UPERNET_ZOO_GB
     assert models['upernet_t']['optim_wrapper'] == 'OptimWrapper (float32)'  # no AmpOptimWrapper on CPU
     assert models['mask_rcnn_t']['status'] == 'ok'  # mmcv's CPU ops are compiled here
     assert all(r['s_per_step'] > 0 for r in models.values())
 
 
-@pytest.mark.parametrize('section', gpu_check.SECTIONS)
+def test_correctness_rows_fail_when_ours_is_off(monkeypatch):
+    """The check's correctness figures are checked: ours with one block's bias off by 0.1 fails the fp32 rows."""
+    real = benchmark.timm_pair
+
+    def off_pair(*args, **kwargs):
+        ours, reference = real(*args, **kwargs)
+        with torch.no_grad():
+            bias = ours.stages[0][0].pwconv2.bias
+            bias.add_(0.1 * torch.randn(bias.shape, generator=torch.Generator().manual_seed(0)))
+        return ours, reference
+    monkeypatch.setattr(benchmark, 'timm_pair', off_pair)
+    rows = benchmark.check('cpu', smoke=True, sections=['correctness'], log=lambda msg: None)['sections'][
+        'correctness']['rows']
+    fp32 = [r for r in rows if r['dtype'] == 'float32']
+    assert fp32 and all(r['status'] == 'ok' and r['passed'] is False and 'FAILED (fp32' in r['note'] for r in fp32)
+
+
+@pytest.mark.parametrize('section', benchmark.SECTIONS)
 def test_validator_raises_on_a_dropped_row(smoke, section):
     broken = copy.deepcopy(smoke)
     dropped = broken['sections'][section]['rows'].pop(1)
-    with pytest.raises(GpuCheckResultError, match=f'lacks rows .*{dropped["id"]}'):
+    with pytest.raises(CheckResultError, match=f'lacks rows .*{dropped["id"]}'):
         validate(broken)
 
 
 def test_validator_raises_on_bad_results(smoke):
     broken = copy.deepcopy(smoke)
     del broken['sections']['memory']
-    with pytest.raises(GpuCheckResultError, match="section 'memory' is missing"):
+    with pytest.raises(CheckResultError, match="section 'memory' is missing"):
         validate(broken)
     broken = copy.deepcopy(smoke)
     broken['sections']['speed']['rows'][0]['ours_img_s'] = 'fast'
-    with pytest.raises(GpuCheckResultError, match='ours_img_s'):
+    with pytest.raises(CheckResultError, match='ours_img_s'):
         validate(broken)
     broken = copy.deepcopy(smoke)
     broken['sections']['speed']['rows'][0]['channels_last'] = 1
-    with pytest.raises(GpuCheckResultError, match='channels_last'):
+    with pytest.raises(CheckResultError, match='channels_last'):
         validate(broken)
     broken = copy.deepcopy(smoke)
     broken['sections']['speed']['rows'][0]['ratio'] = None  # an 'ok' row without its figure
-    with pytest.raises(GpuCheckResultError, match='has no'):
+    with pytest.raises(CheckResultError, match='has no'):
         validate(broken)
     broken = copy.deepcopy(smoke)
     broken['sections']['models']['rows'][0].update(status='skipped', note='')
-    with pytest.raises(GpuCheckResultError, match='without a note'):
+    with pytest.raises(CheckResultError, match='without a note'):
         validate(broken)
     broken = copy.deepcopy(smoke)
     broken['sections']['models']['rows'].append(copy.deepcopy(broken['sections']['models']['rows'][0]))
-    with pytest.raises(GpuCheckResultError, match='twice'):
+    with pytest.raises(CheckResultError, match='twice'):
         validate(broken)
 
 
 def test_markdown_has_a_line_per_row(smoke):
-    text = gpu_check.markdown(smoke)
+    text = benchmark.check_markdown(smoke)
     table_rows = [line for line in text.splitlines() if line.startswith('| ') and not line.startswith('| model |')
                   and not line.startswith('| step |') and not line.startswith('| impl |')]
     assert len(table_rows) == sum(len(ids) for ids in expected_rows().values())
@@ -92,9 +112,9 @@ def test_markdown_has_a_line_per_row(smoke):
 
 
 def test_time_limit_skips_rows_and_says_so():
-    result = gpu_check.run('cpu', smoke=True, time_limit=0, log=lambda msg: None)
+    result = benchmark.check('cpu', smoke=True, time_limit=0, log=lambda msg: None)
     validate(result)
-    for section in gpu_check.SECTIONS:
+    for section in benchmark.SECTIONS:
         rows = result['sections'][section]['rows']
         assert {r['status'] for r in rows} == {'skipped'}, section
         assert all('time limit' in r['note'] for r in rows)
@@ -103,8 +123,8 @@ def test_time_limit_skips_rows_and_says_so():
 def test_a_failing_section_is_recorded_and_the_run_goes_on(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError('CUDA error: out of memory')
-    monkeypatch.setitem(gpu_check.SECTION_FUNCTIONS, 'memory', broken)
-    result = gpu_check.run('cpu', smoke=True, time_limit=0, log=lambda msg: None)
+    monkeypatch.setitem(benchmark.SECTION_FUNCTIONS, 'memory', broken)
+    result = benchmark.check('cpu', smoke=True, time_limit=0, log=lambda msg: None)
     validate(result)
     memory = result['sections']['memory']
     assert memory['status'] == 'error' and 'out of memory' in memory['error']
@@ -114,44 +134,43 @@ def test_a_failing_section_is_recorded_and_the_run_goes_on(monkeypatch):
 
 
 def test_budget_skip_names_the_budget():
-    clock = gpu_check._Clock(budget_s=0.0, deadline=float('inf'))
+    clock = benchmark.Clock(budget_s=0.0, deadline=float('inf'))
     assert 'time budget (0 s for this section' in clock.over(1.0)
-    assert gpu_check._Clock(budget_s=10.0, deadline=float('inf')).over(1.0) is None
+    assert benchmark.Clock(budget_s=10.0, deadline=float('inf')).over(1.0) is None
 
 
 def test_mmcv_ops_status_here():
-    ok, note = gpu_check.mmcv_ops(torch.device('cpu'))
-    assert ok and 'ops compiled' in note
-    ok, note = gpu_check.mmcv_ops(torch.device('cuda'))  # this mmcv is built without CUDA
-    assert not ok and 'no CUDA ops' in note
+    assert benchmark.mmcv_ops(torch.device('cpu'))[:2] == (True, True)
+    importable, on_device, note = benchmark.mmcv_ops(torch.device('cuda'))  # this mmcv is built without CUDA
+    assert importable and not on_device and 'no CUDA ops' in note
 
 
-def test_missing_mmcv_ops_get_a_placeholder_that_raises_when_called(monkeypatch):
-    import mmcv
-    from mmcv.utils import ext_loader
-    monkeypatch.setitem(sys.modules, 'mmcv._ext', None)  # `from mmcv import _ext` raises ImportError
-    monkeypatch.setattr(mmcv, '_ext', None, raising=False)
-    monkeypatch.delattr(mmcv, '_ext')
-    ok, note = gpu_check.mmcv_ops(torch.device('cuda'))
-    assert not ok and 'no compiled ops' in note
-    ext = ext_loader.load_ext('_ext', ['roi_align_forward', 'nms'])  # what every mmcv.ops module does on import
-    assert isinstance(ext, gpu_check._MissingExt)
-    with pytest.raises(gpu_check.MissingMmcvOp, match='mmcv op roi_align_forward is not compiled'):
-        ext.roi_align_forward(torch.zeros(1))
-    ok, note = gpu_check.mmcv_ops(torch.device('cpu'))  # the placeholder stays: still no ops
-    assert not ok
+def test_without_mmcv_ops_the_model_rows_are_skipped_and_say_why(monkeypatch):
+    """mmcv-lite: ``mmcv.ops`` does not import. Nothing is faked: both model rows are skipped, naming the reason."""
+    monkeypatch.setitem(sys.modules, 'mmcv.ops', None)  # `from mmcv.ops import ...` raises ImportError
+    importable, _, note = benchmark.mmcv_ops(torch.device('cpu'))
+    assert not importable and 'has no compiled ops (mmcv.ops does not import' in note
+    rows = benchmark.check('cpu', smoke=True, sections=['models'], log=lambda msg: None)['sections']['models']['rows']
+    assert [(r['id'], r['status']) for r in rows] == [('upernet_t', 'skipped'), ('mask_rcnn_t', 'skipped')]
+    assert "mmseg's models import mmcv.ops" in rows[0]['note'] and "mmdet's models import mmcv.ops" in rows[1]['note']
+    assert 'mmcv._ext' not in sys.modules or not hasattr(sys.modules['mmcv._ext'], 'placeholder')
 
 
-def test_cli_writes_json_and_prints_the_table(tmp_path, capsys):
+def test_cli_writes_json_and_markdown(tmp_path):
+    """The command line, as tools/gpu_check.sh runs it: JSON and the Markdown tables beside it."""
     out = tmp_path / 'check.json'
-    gpu_check.cli(['--device', 'cpu', '--smoke', '--sections', 'correctness', '--out', str(out)])
+    run = subprocess.run([sys.executable, benchmark.config_path('tools/benchmark.py'), 'check', '--device', 'cpu',
+                          '--smoke', '--sections', 'correctness', '--out', str(out)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
     written = json.loads(out.read_text())
     assert [r['id'] for r in written['sections']['correctness']['rows']] == expected_rows()['correctness']
-    printed = capsys.readouterr().out
-    assert '| v2 | large | float16 |' in printed and str(out) in printed
+    markdown = (tmp_path / 'check.md').read_text()
+    assert '| v2 | large | float16 |' in markdown and markdown.strip() in run.stdout
+    assert f'written: {out}' in run.stdout
 
 
 def test_cuda_device_without_cuda_says_so(monkeypatch):
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     with pytest.raises(RuntimeError, match='--device cpu --smoke'):
-        gpu_check.run('cuda')
+        benchmark.check('cuda')

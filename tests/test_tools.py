@@ -1,5 +1,5 @@
 """The benchmark and FLOPs tools run and report what they promise (no timing assertions)."""
-import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -7,6 +7,8 @@ import sys
 
 import pytest
 import torch
+
+from convnext_backbone.tools import benchmark
 
 TOOLS = os.path.join(os.path.dirname(__file__), '..', 'tools')
 
@@ -18,15 +20,8 @@ def _run(*args):
     return out.stdout
 
 
-def _benchmark_module():
-    spec = importlib.util.spec_from_file_location('benchmark', os.path.join(TOOLS, 'benchmark.py'))
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
-    return benchmark
-
-
 def test_benchmark_backbone_prints_ours_timm_and_ratios():
-    # the channels_last mode's step is the gpu check's too (tests/test_gpu_check.py runs it in every speed row pair)
+    # the channels_last mode's step is the check's too (tests/test_gpu_check.py runs it in every speed row pair)
     out = _run('benchmark.py', 'backbone', '--arch', 'atto', '--size', '64', '--batch', '2', '--step', 'train',
                '--warmup', '1', '--repeat', '2', '--modes', 'eager', 'with_cp', '--threads', '1')
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (['eager'], ['with_cp'])]
@@ -38,7 +33,6 @@ def test_benchmark_backbone_prints_ours_timm_and_ratios():
 
 
 def test_benchmark_profile_breaks_ours_and_timm_down_per_op(capsys):
-    benchmark = _benchmark_module()
     args = benchmark.parse_args(['backbone', '--arch', 'atto', '--profile', '--top', '40'])
     assert args.profile and args.top == 40
     threads = torch.get_num_threads()
@@ -74,7 +68,6 @@ def test_get_flops_cli():
 
 
 def test_benchmark_output_stride_builds_ours_and_timm_dilated():
-    benchmark = _benchmark_module()
     assert benchmark.parse_args(['backbone', '--output-stride', '8']).output_stride == 8
     assert benchmark.parse_args(['backbone']).output_stride == 32
     x = torch.zeros(1, 3, 64, 64)
@@ -82,6 +75,49 @@ def test_benchmark_output_stride_builds_ours_and_timm_dilated():
         for impl in ('ours', 'timm'):
             model = benchmark.build_backbone(impl, 'atto', 'eager', 8).eval()
             assert [tuple(o.shape[2:]) for o in model(x)] == [(16, 16), (8, 8), (8, 8), (8, 8)], impl
+
+
+def test_benchmark_vs_timm_writes_json_and_the_stack_table_row(tmp_path):
+    """The ours-vs-timm command of the docs' stack table: one process, the three scenarios (train 224, inference
+    800x1216 and 512x512), ours, ours without the fused kernels and timm; JSON and Markdown written."""
+    out = tmp_path / 'vs_timm.json'
+    stdout = _run('benchmark.py', '--vs-timm', '--arch', 'atto', '--warmup', '0', '--repeat', '1', '--threads', '1',
+                  '--impls', 'ours', 'ours_plain', 'timm', '--out', str(out))
+    result = json.loads(out.read_text())
+    assert [(r['scenario'], r['batch'], r['size']) for r in result['rows']] == [
+        ('train b8 224', 8, [224, 224]), ('inference b1 800x1216', 1, [800, 1216]),
+        ('inference b1 512x512', 1, [512, 512])]
+    for row in result['rows']:
+        for impl in ('ours', 'ours_plain'):
+            assert row[f'{impl}/timm'] == pytest.approx(row['timm']['median'] / row[impl]['median'])
+            assert row[impl]['min'] <= row[impl]['median']
+    env = result['env']
+    assert env['torch'] == torch.__version__ and env['threads'] == 1 and env['cores'] == os.cpu_count()
+    assert len(env['load']) == 3 and env['simd'] in ('AVX-512', 'AVX2', 'no AVX2') and env['date']
+    markdown = (tmp_path / 'vs_timm.md').read_text()
+    stack_row = markdown.strip().splitlines()[-1]
+    assert re.fullmatch(rf'\| torch {re.escape(torch.__version__)} \| timm \S+ \| train b8 224 \d+\.\d\dx, '
+                        r'800x1216 \d+\.\d\dx, 512x512 \d+\.\d\dx \| .*1 threads, load .*\d{4}-\d\d-\d\d \|', stack_row)
+    assert re.search(r'\| inference b1 512x512 \| [\d.]+ \([\d.]+\) \| [\d.]+ \([\d.]+\) \| [\d.]+ \([\d.]+\) \| '
+                     r'\d+\.\d\dx \| \d+\.\d\dx \|', markdown)
+    assert markdown.strip() in stdout
+
+
+def test_ours_plain_runs_without_the_fused_kernels(monkeypatch):
+    """``ours_plain`` (the torch-without-custom-ops alternative measured by --vs-timm) never calls the kernels."""
+    from convnext_backbone import cpu_kernels
+
+    def kernels(*args):
+        raise AssertionError('the fused kernels ran')
+    monkeypatch.setattr(cpu_kernels, 'block_forward', kernels)
+    for step in ('train', 'forward'):
+        benchmark.setup_step('ours_plain', 'atto', 'eager', (32, 32), 1, step, 'float32', 'cpu')()
+        with pytest.raises(AssertionError, match='the fused kernels ran'):
+            benchmark.setup_step('ours', 'atto', 'eager', (32, 32), 1, step, 'float32', 'cpu')()
+    with pytest.raises(ValueError, match="lacks timm"):
+        benchmark.vs_timm('atto', impls=('ours', 'ours_plain'))
+    with pytest.raises(ValueError, match="unknown benchmark implementation 'mine'"):
+        benchmark.build_backbone('mine', 'atto')
 
 
 def test_get_flops_output_stride(capsys):

@@ -1,31 +1,28 @@
 #!/usr/bin/env bash
-# tools/gpu_check.py on a bare GPU machine that has python3 + torch + timm (+ torchvision, onnx, onnxruntime,
-# numpy, opencv-python-headless, matplotlib, scipy, pyyaml, rich, regex, packaging, pillow) and no network.
+# The one-call device run on a bare GPU machine that has python3 + torch + timm (+ numpy, pyyaml, rich, packaging,
+# ...) and no network: the CUDA tests (tests/test_cuda_paths.py -k on_cuda), then `tools/benchmark.py check`.
 #
 #   bash tools/gpu_check.sh prepare            # HERE (PyPI reachable): wheels to carry into .whl/
-#   bash tools/gpu_check.sh run [ARGS...]      # THERE: install .whl/ into a fresh folder, run the check
-#   bash tools/gpu_check.sh run --device cpu --smoke     # the same path on a CPU machine
+#   bash tools/gpu_check.sh run [ARGS...]      # THERE: install .whl/ into a fresh folder, run tests and check
+#   bash tools/gpu_check.sh run --device cpu --smoke     # the same path on a CPU machine (the tests skip)
 #
-# ARGS go to tools/gpu_check.py (--device, --smoke, --sections, --time-limit, --out). Where $OUT is set (the
-# device machine's folder that comes back), the JSON goes to $OUT/gpu_check.json and the tables to
-# $OUT/gpu_check.md; else to work_dirs/.
+# ARGS go to `tools/benchmark.py check` (--device, --smoke, --sections, --time-limit). Where $OUT is set (the
+# device machine's folder that comes back) the results go there, else to work_dirs/: cuda_tests.txt (pytest's
+# report), benchmark_check.json and benchmark_check.md (the tables).
 #
-# What is carried (4.7 MiB; pure Python except wcwidth, abi3 manylinux x86_64), each wheel's Requires-Dist less what
-# the machine already has:
+# What is carried, each wheel's Requires-Dist less what the machine already has (pure Python):
 #   mmengine 0.10.7            addict, yapf (-> platformdirs; tomli only before Python 3.11), termcolor;
 #                              (matplotlib, numpy, pyyaml, rich, opencv are there)
-#   mmcv-lite 2.1.0            mmcv without compiled ops (mmcv 2.1.0 must be compiled against the machine's
-#                              torch and CUDA: minutes beyond the budget). gpu_check registers a placeholder
-#                              mmcv._ext so that mmseg imports; Mask R-CNN needs the ops and is skipped
-#   mmsegmentation 1.2.2       prettytable (-> wcwidth), and ftfy (-> wcwidth) + regex that it imports
-#                              without declaring them; (matplotlib, numpy, packaging, scipy are there)
-#   convnext_backbone          this package (pip wheel --no-deps .): the check runs the installed package
+#   pytest 8.3.5               iniconfig, pluggy (packaging is there)
+#   convnext_backbone          this package (pip wheel --no-deps .): the run uses the installed package
 #                              (run refuses a wheel whose code differs from the checkout's: prepare again
-#                              after every change); the configs are read from this checkout
-# mmdet is not carried: without mmcv's ops its models do not run, and its Mask R-CNN row is skipped anyway.
+#                              after every change); tests and configs are read from this checkout
+# Not carried: mmcv (its ops must be compiled against the machine's torch and CUDA: longer than the budget), so
+# mmseg / mmdet models cannot import and the check's whole-model rows say they are skipped, and why.
 #
 # Environment: PYTHON (default python3), WHL (default .whl in the checkout), TARGET (default /tmp/site, emptied
-# first), GPU_CHECK_TIMEOUT (seconds, default 560: the device tool's per-command limit is 600).
+# first), CUDA_TESTS_TIMEOUT (seconds, default 120) and GPU_CHECK_TIMEOUT (default 420): together under the device
+# tool's 600 s per command.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,8 +33,7 @@ say() { printf '[gpu_check.sh] %s\n' "$*" >&2; }
 
 WHEELS=(
     mmengine==0.10.7 addict==2.4.0 yapf==0.43.0 platformdirs==4.14.9 termcolor==3.3.0
-    mmcv-lite==2.1.0
-    mmsegmentation==1.2.2 prettytable==3.19.0 wcwidth==0.9.4 ftfy==6.3.1
+    pytest==8.3.5 iniconfig==2.1.0 pluggy==1.6.0
 )
 
 prepare() {
@@ -74,16 +70,22 @@ run() {
     say "installed into $TARGET; python: $($PYTHON -c 'import sys, torch
 print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())')"
     set +e
-    timeout -k 10 "${GPU_CHECK_TIMEOUT:-560}" $PYTHON tools/gpu_check.py --out "$out_dir/gpu_check.json" "$@" \
-        | tee "$out_dir/gpu_check.md"
-    local status=${PIPESTATUS[0]}
+    # --noconftest: the suite's conftest.py wants the test extras (mmpretrain), which are not carried
+    timeout -k 10 "${CUDA_TESTS_TIMEOUT:-120}" $PYTHON -m pytest --noconftest -p no:cacheprovider -q -rs \
+        -k on_cuda tests/test_cuda_paths.py 2>&1 | tee "$out_dir/cuda_tests.txt"
+    local tests=${PIPESTATUS[0]}
+    timeout -k 10 "${GPU_CHECK_TIMEOUT:-420}" $PYTHON tools/benchmark.py check \
+        --out "$out_dir/benchmark_check.json" "$@"
+    local check=$?
     set -e
-    [ "$status" = 124 ] && say "stopped after ${GPU_CHECK_TIMEOUT:-560} s (GPU_CHECK_TIMEOUT)"
-    return "$status"
+    [ "$tests" = 124 ] && say "the CUDA tests stopped after ${CUDA_TESTS_TIMEOUT:-120} s (CUDA_TESTS_TIMEOUT)"
+    [ "$check" = 124 ] && say "the check stopped after ${GPU_CHECK_TIMEOUT:-420} s (GPU_CHECK_TIMEOUT)"
+    say "CUDA tests: exit $tests (pytest), check: exit $check"
+    [ "$tests" = 0 ] && [ "$check" = 0 ]
 }
 
 case "${1:-}" in
     prepare) shift; prepare "$@" ;;
     run) shift; run "$@" ;;
-    *) echo "usage: bash tools/gpu_check.sh prepare | run [tools/gpu_check.py args]" >&2; exit 2 ;;
+    *) echo "usage: bash tools/gpu_check.sh prepare | run [tools/benchmark.py check args]" >&2; exit 2 ;;
 esac
