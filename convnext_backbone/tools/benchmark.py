@@ -113,7 +113,7 @@ def setup_step(impl, arch, mode, size, batch, step, dtype, device, compile_backe
     else:
         fn = model
     dtype = getattr(torch, dtype)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    autocast = autocast_context(device.type, str(dtype).replace('torch.', ''))
     if impl == 'ours_plain':
         from convnext_backbone.cpu_kernels import plain_ops
         kernels = plain_ops
@@ -538,9 +538,20 @@ def exact_float32():
 def autocast_takes(device, dtype: str) -> bool:
     """Whether ``torch.autocast`` on ``device`` computes a matmul in ``dtype`` (CPU float16: torch >= 2.2)."""
     device = torch.device(device)
-    with torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != 'float32'):
-        probe = torch.ones(1, 1, device=device)
-        return (probe @ probe).dtype == getattr(torch, dtype)
+    try:
+        with autocast_context(device.type, dtype):
+            probe = torch.ones(1, 1, device=device)
+            return (probe @ probe).dtype == getattr(torch, dtype)
+    except RuntimeError:  # torch 2.1's CPU autocast refuses anything but bfloat16 when entered
+        return False
+
+
+def autocast_context(device_type: str, dtype: str):
+    """Autocast to ``dtype``, or no autocast object at all for float32 (torch 2.1's CPU autocast refuses a
+    float32 dtype even when disabled)."""
+    if dtype == 'float32':
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=getattr(torch, dtype))
 
 
 def compare_with_timm(ours, reference, x, dtype: str) -> dict:
@@ -552,7 +563,7 @@ def compare_with_timm(ours, reference, x, dtype: str) -> dict:
     if not autocast_takes(x.device, dtype):
         raise RuntimeError(f'torch {torch.__version__} autocast does not take {dtype} on {x.device.type}.')
     norms = [getattr(ours, f'norm{i}') for i in range(4)]
-    autocast = torch.autocast(x.device.type, dtype=getattr(torch, dtype), enabled=dtype != 'float32')
+    autocast = autocast_context(x.device.type, dtype)
     with torch.no_grad(), exact_float32():
         ref = [norm(f.float()) for norm, f in zip(norms, reference(x))]
         with autocast:
