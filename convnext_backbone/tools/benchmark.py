@@ -134,17 +134,22 @@ def setup_step(impl, arch, mode, size, batch, step, dtype, device, compile_backe
     return run
 
 
-def interleave(runs: dict, warmup: int, repeat: int) -> dict:
+def interleave(runs: dict, warmup: int, repeat: int, log=None) -> dict:
     """Seconds per call of every ``run`` in ``runs``, called in turn, each round starting one further along (so no
-    run always follows the same one); ``warmup`` rounds dropped. Median and min of each."""
+    run always follows the same one); ``warmup`` rounds dropped. Median and min of each. ``log``: called with a
+    line after each round."""
     times = {name: [] for name in runs}
     names = list(runs)
     for i in range(warmup + repeat):
+        start_round = time.perf_counter()
         for name in names[i % len(names):] + names[:i % len(names)]:
             start = time.perf_counter()
             runs[name]()
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)
+        if log:
+            log(f'round {i + 1}/{warmup + repeat}{" (warm-up)" if i < warmup else ""}: '
+                f'{time.perf_counter() - start_round:.1f} s')
     return {name: dict(median=statistics.median(t), min=min(t)) for name, t in times.items()}
 
 
@@ -282,7 +287,7 @@ VS_TIMM_SCENARIOS = (  # (name, step, batch, (H, W))
 
 
 def vs_timm(arch='tiny', device='cpu', warmup=2, repeat=10, threads=0, impls=('ours', 'timm'),
-            scenarios=VS_TIMM_SCENARIOS) -> dict:
+            scenarios=VS_TIMM_SCENARIOS, log=None) -> dict:
     """Every (scenario, impl) built in this one process and their steps interleaved (:func:`interleave`): median
     and min s/step of each, and per scenario the speed ratio of every non-timm impl over timm (> 1: faster)."""
     if 'timm' not in impls:
@@ -292,7 +297,7 @@ def vs_timm(arch='tiny', device='cpu', warmup=2, repeat=10, threads=0, impls=('o
     env = host()
     runs = {(name, impl): setup_step(impl, arch, 'eager', size, batch, step, 'float32', device)
             for name, step, batch, size in scenarios for impl in impls}
-    times = interleave(runs, warmup, repeat)
+    times = interleave(runs, warmup, repeat, log)
     rows = []
     for name, step, batch, size in scenarios:
         row = dict(scenario=name, step=step, batch=batch, size=list(size))
@@ -320,9 +325,9 @@ def vs_timm_markdown(result: dict) -> str:
         lines.append(f'| {row["scenario"]} | ' + ' | '.join(
             f'{row[i]["median"]:.3f} ({row[i]["min"]:.3f})' for i in result['impls']) + ' | ' + ' | '.join(
             f'{row[f"{i}/timm"]:.2f}x' for i in impls) + ' |')
-    ratios = ', '.join(f'{r["scenario"].replace("inference b1 ", "")} {r["ours/timm"]:.2f}x' for r in result['rows']
-                       if 'ours/timm' in r)
-    lines += ['', 'stack-table row (ours / timm, medians):', '',
+    ratios = ', '.join(f'{r["scenario"].replace("inference b1 ", "")} {r["ours/timm"]:.2f}x '
+                       f'(min {r["ours/timm min"]:.2f}x)' for r in result['rows'] if 'ours/timm' in r)
+    lines += ['', 'stack-table row (ours / timm: ratio of the medians, of the fastest steps in brackets):', '',
               f'| torch {env["torch"]} | timm {env["timm"]} | {ratios} | {host_line(env)} |']
     return '\n'.join(lines)
 
@@ -953,7 +958,8 @@ def _write(result: dict, text: str, out: str | None) -> None:
 def cmd_vs_timm(args):
     print(f'ConvNeXt-{args.arch} eager, {" / ".join(args.impls)}: building 3 scenarios x {len(args.impls)} models, '
           f'{args.warmup} + {args.repeat} interleaved rounds ...', flush=True)
-    result = vs_timm(args.arch, args.device, args.warmup, args.repeat, args.threads, tuple(args.impls))
+    result = vs_timm(args.arch, args.device, args.warmup, args.repeat, args.threads, tuple(args.impls),
+                     log=lambda msg: print(msg, file=sys.stderr, flush=True))
     _write(result, vs_timm_markdown(result), args.out)
     return result
 
