@@ -39,9 +39,11 @@ checkpoints not yet removed).
 from __future__ import annotations
 
 import glob
+import io
 import logging
 import os
 import os.path as osp
+import pickle
 import re
 import shutil
 import signal
@@ -251,6 +253,44 @@ class CheckpointProblem(Exception):
     """Why a file cannot be resumed from (the message completes 'it ...')."""
 
 
+class _Opaque:
+    """What :class:`_StructureOnly` makes of every object a pickle names by module and class: nothing is imported
+    and no foreign code runs; containers of plain values (dicts, lists, numbers, strings) stay what they are."""
+
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Opaque()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _StructureOnly(pickle.Unpickler):
+    """Reads the structure of a torch checkpoint's pickle (its top-level keys, ``meta``) without torch's loader:
+    every class or function it names is ``_Opaque``, every tensor storage None. The same on every torch version
+    (torch.load(weights_only=True) refuses mmengine's checkpoints where torch has no add_safe_globals)."""
+
+    def find_class(self, module, name):
+        return _Opaque
+
+    def persistent_load(self, pid):
+        return None
+
+
 def check_checkpoint(path: str, verify_data: bool = True) -> dict:
     """Check that ``path`` is a checkpoint training can resume from: a complete torch zip archive (with
     ``verify_data``, every record's CRC is checked: the whole file is read) whose pickle holds ``state_dict``,
@@ -265,15 +305,20 @@ def check_checkpoint(path: str, verify_data: bool = True) -> dict:
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip() if verify_data else None
+            pickles = [n for n in archive.namelist() if re.fullmatch(r'[^/]+/data\.pkl', n)]
+            if bad is None and len(pickles) == 1:
+                data = archive.read(pickles[0])
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise CheckpointProblem(f'is not a complete torch checkpoint ({size} bytes, {e}): cut short by a crash '
                                 'or a full disk, or not a checkpoint at all') from None
     if bad is not None:
         raise CheckpointProblem(f'is corrupt (CRC mismatch in record {bad!r})')
+    if len(pickles) != 1:
+        raise CheckpointProblem(f'is a zip archive but not a torch checkpoint ({len(pickles)} data.pkl records)')
     try:
-        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
-    except Exception as e:  # noqa: BLE001  (any unpickling failure makes the file unusable; say which)
-        raise CheckpointProblem(f'cannot be loaded by torch.load: {type(e).__name__}: {str(e)[:300]}') from None
+        checkpoint = _StructureOnly(io.BytesIO(data)).load()
+    except Exception as e:  # noqa: BLE001  (any failure to read the pickle makes the file unusable; say which)
+        raise CheckpointProblem(f'holds a pickle that cannot be read: {type(e).__name__}: {str(e)[:300]}') from None
     missing = [k for k in ('state_dict', 'meta', 'optimizer')
                if not isinstance(checkpoint, dict) or k not in checkpoint]
     if missing:

@@ -262,6 +262,24 @@ def test_auto_resume_falls_back_from_a_torn_latest_checkpoint(tmp_path, how):
     assert path == good and 'epoch_3.pth, which does not exist' in warning
 
 
+class _RemovesAFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.remove, (self.path,)
+
+
+def test_checking_a_checkpoint_reads_its_structure_and_runs_no_code_from_it(tmp_path):
+    marker = tmp_path / 'marker'
+    marker.write_text('unpickling with a real loader removes this file')
+    path = tmp_path / 'checkpoint.pth'
+    torch.save(dict(state_dict={'w': torch.ones(2)}, meta=dict(iter=3, epoch=1), optimizer=_RemovesAFile(str(marker))),
+               path)
+    assert check_checkpoint(str(path)) == dict(iter=3, epoch=1)
+    assert marker.exists()
+
+
 def test_train_resume_falls_back_and_explicit_resume_errors_clearly(config, reference, tmp_path):
     work_dir = str(tmp_path)
     torch.save(reference, os.path.join(work_dir, f'epoch_{EPOCHS}.pth'))  # the finished run's last checkpoint
