@@ -494,7 +494,7 @@ def enable_crash_safety(cfg) -> None:
     # CrashSafeHook: preemption (SIGTERM / SIGUSR1), NaN stops, mid-epoch resume; RNGStateHook: resumed runs
     # continue exactly (convnext_backbone/rng_state.py)
     for name in ('CrashSafeHook', 'RNGStateHook'):
-        if not any(h.get('type') == name for h in hooks):
+        if not any(isinstance(h, dict) and str(h.get('type')).split('.')[-1] == name for h in hooks):
             hooks.append(dict(type=name))
     cfg.custom_hooks = hooks
 

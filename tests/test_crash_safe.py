@@ -397,6 +397,11 @@ def test_train_tool_config_switches_mmengine_checkpoint_hook_to_the_durable_one(
     enable_crash_safety(given)
     assert given.default_hooks.checkpoint == dict(type='CrashSafeCheckpointHook', interval=2, max_keep_ckpts=3)
     assert [h['type'] for h in given.custom_hooks] == ['EMAHook', 'CrashSafeHook', 'RNGStateHook']
+    enable_crash_safety(given)  # once only
+    assert [h['type'] for h in given.custom_hooks] == ['EMAHook', 'CrashSafeHook', 'RNGStateHook']
+    scoped = Config(dict(custom_hooks=[dict(type='convnext_backbone.CrashSafeHook', stop_signals=['SIGUSR1'])]))
+    enable_crash_safety(scoped)
+    assert [h['type'] for h in scoped.custom_hooks] == ['convnext_backbone.CrashSafeHook', 'RNGStateHook']
     default = Config(dict(default_hooks=dict(logger=dict(type='LoggerHook'))))  # mmengine's CheckpointHook
     enable_crash_safety(default)
     assert default.default_hooks.checkpoint == dict(type='CrashSafeCheckpointHook', interval=1)
