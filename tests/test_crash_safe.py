@@ -386,7 +386,8 @@ def test_the_documented_config_lines_give_a_runner_built_without_our_tools_crash
     assert checkpoint[0].max_keep_ckpts == 1 and checkpoint[0].interval == 1  # the base config's arguments kept
     assert {CrashSafeHook, RNGStateHook} <= {type(h) for h in runner.hooks}
     batch_sampler = cfg.train_dataloader.batch_sampler  # the config's own, wrapped
-    assert (batch_sampler.type, batch_sampler.batch_sampler.type) == ('ResumableBatchSampler', 'AspectRatioBatchSampler')
+    assert batch_sampler.type == 'ResumableBatchSampler'
+    assert batch_sampler.batch_sampler.type == 'AspectRatioBatchSampler'
 
 
 def test_train_tool_config_switches_mmengine_checkpoint_hook_to_the_durable_one():
