@@ -26,12 +26,15 @@ one registry per scope, so should the package become importable later in the pro
 real package is imported, and its own registry takes the scope. Other names in those scopes (``mmpretrain.ResNet``)
 are not stood in for.
 
+``ResumableBatchSampler`` (mid-epoch resume, convnext_backbone/crash_safe.py) is in mmengine's root ``DATA_SAMPLERS``.
+
 Nothing here imports mmdet, mmseg or mmpretrain: the package needs only torch and mmengine.
 """
 import importlib.util
 import sys
 
 from mmengine.logging import print_log
+from mmengine.registry import DATA_SAMPLERS as ROOT_DATA_SAMPLERS
 from mmengine.registry import HOOKS as ROOT_HOOKS
 from mmengine.registry import MODELS as ROOT_MODELS
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_CONSTRUCTORS
@@ -39,7 +42,7 @@ from mmengine.registry import Registry
 
 from .compile_hook import CompileBackboneHook
 from .convnext import MMPRETRAIN_DEFAULTS, ConvNeXt, mmpretrain_defaults
-from .crash_safe import CrashSafeHook
+from .crash_safe import CrashSafeCheckpointHook, CrashSafeHook, ResumableBatchSampler
 from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor
 from .rng_state import RNGStateHook
 
@@ -55,7 +58,9 @@ for registry in (ROOT_CONSTRUCTORS, OPTIM_WRAPPER_CONSTRUCTORS):
 for registry in (ROOT_HOOKS, HOOKS):
     registry.register_module(module=RNGStateHook)
     registry.register_module(module=CrashSafeHook)
+    registry.register_module(module=CrashSafeCheckpointHook)
     registry.register_module(module=CompileBackboneHook)
+ROOT_DATA_SAMPLERS.register_module(module=ResumableBatchSampler)  # mid-epoch resume (crash_safe.resume_config)
 
 
 # --- old scopes: mmcls.ConvNeXt / mmpretrain.ConvNeXt where that package is absent ---------------------------

@@ -109,11 +109,20 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _restore_default_scope():
     """Each test leaves mmengine's current default scope as it found it: ``init_default_scope('mmpretrain')`` in
-    one test must not make later tests build ConvNeXt in mmpretrain's scope (where its defaults apply)."""
+    one test must not make later tests build ConvNeXt in mmpretrain's scope (where its defaults apply).
+
+    The one use of a private mmengine name in the tests: mmengine has no public way back to "no default scope"
+    (the state most tests start in). ``DefaultScope.overwrite_default_scope`` restores only when given a scope,
+    and does it by assigning this same ``_instance_dict``; a new scope per test cannot be undone either (the
+    latest instance is the current one). The check after restoring fails when mmengine stops keeping its scopes
+    there."""
     from mmengine.registry import DefaultScope
     saved = DefaultScope._instance_dict.copy()
+    current = DefaultScope.get_current_instance()
     yield
     DefaultScope._instance_dict = saved
+    assert DefaultScope.get_current_instance() is current, \
+        'mmengine no longer keeps its default scopes in DefaultScope._instance_dict: update this fixture'
 
 
 @pytest.fixture(scope='module')

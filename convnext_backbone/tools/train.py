@@ -11,7 +11,7 @@ On a machine without CUDA the recipe runs on CPU: SyncBN -> BN, AMP off, gloo fo
 import argparse
 import sys
 
-from convnext_backbone.crash_safe import ResumeError
+from convnext_backbone.crash_safe import ResumeError, agree_on_resume, enable_crash_safety, resume_config
 from convnext_backbone.tools.common import add_runner_args, build_runner, end_run, run_config
 
 
@@ -31,18 +31,18 @@ def make_runner(args):
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
-    elif args.resume is not None:
-        cfg.resume, cfg.load_from = True, args.resume
-    hooks = list(cfg.get('custom_hooks') or [])
-    # RNGStateHook: resumed runs continue exactly; CrashSafeHook: durable checkpoints, validated resume,
-    # preemption (SIGTERM / SIGUSR1) and NaN stops (see convnext_backbone/crash_safe.py)
-    for name in ('RNGStateHook', 'CrashSafeHook'):
-        if not any(h.get('type') == name for h in hooks):
-            hooks.append(dict(type=name))
-    cfg.custom_hooks = hooks
-    return build_runner(cfg)
+    # CrashSafeCheckpointHook, CrashSafeHook, RNGStateHook: durable checkpoints, preemption (SIGTERM / SIGUSR1),
+    # NaN stops, exact resume (docs/crash_safety.md)
+    enable_crash_safety(cfg)
+    # the checkpoint to resume from is chosen and checked now, and given to the Runner as load_from / resume
+    # (also when the config itself says resume=True)
+    resume = args.resume or ((cfg.get('load_from') or 'auto') if cfg.get('resume') else None)
+    messages = resume_config(cfg, resume) if resume is not None else []
+    runner = build_runner(cfg)
+    agree_on_resume(cfg.load_from if cfg.get('resume') else None)
+    for level, message in messages:
+        runner.logger.log(level, message)
+    return runner
 
 
 def main(argv=None):
