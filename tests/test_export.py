@@ -512,3 +512,37 @@ def test_grn_stays_finite_where_the_naive_fp16_norm_overflows(dtype, autocast):
     if dtype == torch.float16:
         assert torch.isinf(torch.norm(x, p=2, dim=(1, 2))).all()  # the naive norm overflows...
         assert torch.isnan(naive.half()(x)).all()  # ...and poisons the whole output
+
+
+@pytest.mark.parametrize('opset', [11, 17])  # mmdeploy's default opset, ours
+def test_grn_exports_with_its_norm_in_float32_in_fp16_onnx(opset, tmp_path):
+    """mmdeploy#2669 (ConvNeXt-V2 Mask R-CNN): nothing in our V2 block stops an export. In an fp16 graph our GRN's
+    spatial L2 norm is a float32 ReduceL2 (a Cast to float32 in front of it), so a runtime that computes in the
+    declared types (TensorRT fp16, onnx's reference evaluator) stays finite where the official GRN's fp16
+    ReduceL2 overflows (norm ~1e5 > 65504: NaN). ONNX Runtime's CPU runs both (it computes fp16 reductions in
+    float32) and, for the whole fp16 V2 backbone, stays within fp16 rounding of float32 PyTorch."""
+    from onnx.reference import ReferenceEvaluator
+    grn = randomize_(GRN(32))
+    naive = OfficialGRN(32)
+    naive.load_state_dict(grn.state_dict())
+    x = (1000 + 1000 * torch.rand(1, 64, 64, 32, generator=torch.Generator().manual_seed(0))).half()
+    expected = eager(grn, x.float())
+    for module, finite in ((grn, True), (naive, False)):
+        path = str(tmp_path / 'grn.onnx')
+        torch.onnx.export(copy.deepcopy(module).half().eval(), (x,), path, dynamo=False, opset_version=opset)
+        model = onnx.load(path)
+        producer = {out: node for node in model.graph.node for out in node.output}
+        reduce_l2 = next(node for node in model.graph.node if node.op_type == 'ReduceL2')
+        cast = producer.get(reduce_l2.input[0])
+        assert (cast is not None and cast.op_type == 'Cast' and cast.attribute[0].i == onnx.TensorProto.FLOAT) is finite
+        got = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x.numpy()})[0]
+        assert bool(np.isfinite(got).all()) is finite
+        if finite:
+            assert (np.abs(got.astype(np.float32) - expected.numpy()) / np.abs(expected.numpy())).max() < 1e-2
+    backbone = tiny('v2').eval()
+    path = str(tmp_path / 'v2_fp16.onnx')
+    image = inputs((1, 3, 64, 96))
+    torch.onnx.export(copy.deepcopy(backbone).half(), (image.half(),), path, dynamo=False, opset_version=opset)
+    outputs, expected = ort_outputs(path, image.half()), eager(backbone, image)
+    assert all(o.dtype == np.float16 for o in outputs)
+    assert max_diff([o.astype(np.float32) for o in outputs], expected) < 1e-2 * max(e.abs().max() for e in expected)
