@@ -283,12 +283,17 @@ def test_export_tool_segmentor_whole_image_to_logits(tmp_path, capsys):
 
 def two_stage_config(tmp_path, base, **rcnn_test_cfg):
     """A shipped detection config shrunk as tests/test_detection.py shrinks it (tiny backbone, 16-channel heads,
-    the config's own test_cfg: 1000 proposals, 80 classes), with ``rcnn_test_cfg`` overrides."""
+    the config's own test_cfg: 1000 proposals, 80 classes), with ``rcnn_test_cfg`` overrides and RoI levels
+    mapped from a finer scale (8 px, not 56)."""
     from test_detection import _shrink, _shrink_heads
     cfg = load_config(os.path.join(ROOT, 'configs', 'detection', base))
     _shrink(cfg)
     _shrink_heads(cfg)
     cfg.model.test_cfg.rcnn.update(rcnn_test_cfg)
+    for name in ('bbox_roi_extractor', 'mask_roi_extractor'):  # a 64 px image's RoIs over all four levels
+        for extractor in cfg.model.roi_head[name] if isinstance(cfg.model.roi_head[name], list) else [
+                cfg.model.roi_head[name]]:
+            extractor.finest_scale = 8
     path = str(tmp_path / f'tiny_{base}')
     cfg.dump(path)
     return path
@@ -354,7 +359,9 @@ def test_export_tool_two_stage_detector_equals_mmdet_predict(base, weights, tmp_
 
 def test_export_tool_no_paste_gives_roi_mask_probabilities(tmp_path):
     config = two_stage_config(tmp_path, 'mask_rcnn_convnext_t_3x.py', score_thr=0.0, max_per_img=20)
-    graph, _ = export_tool.export_graph(load_config(config), paste_masks=False)
+    cfg = load_config(config)
+    cfg.model.test_cfg.rpn.update(nms_pre=100, max_per_img=100)
+    graph, _ = export_tool.export_graph(cfg, paste_masks=False)
     path = str(tmp_path / 'unpasted.onnx')
     export_tool.export_onnx(graph, torch.rand(1, 3, 64, 64) * 255, path, dynamic=True)
     image = torch.rand(1, 3, 96, 64) * 255
