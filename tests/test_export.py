@@ -373,6 +373,19 @@ def test_export_tool_no_paste_gives_roi_mask_probabilities(tmp_path):
     assert (labels == expected[1].numpy()).all()
 
 
+def test_two_stage_detector_without_detections(tmp_path):
+    """A threshold nothing passes: empty outputs of the right ranks in ONNX Runtime, as mmdet's predict."""
+    cfg = load_config(two_stage_config(tmp_path, 'cascade_convnext_t_3x.py', score_thr=1.0))
+    cfg.model.test_cfg.rpn.update(nms_pre=100, max_per_img=100)
+    graph, _ = export_tool.export_graph(cfg)
+    path = str(tmp_path / 'empty.onnx')
+    export_tool.export_onnx(graph, torch.rand(1, 3, 64, 64) * 255, path, dynamic=True)
+    image = torch.rand(1, 3, 96, 64) * 255
+    assert [o.shape for o in ort_outputs(path, image)] == [(1, 0, 5), (1, 0), (1, 0, 96, 64)]
+    boxes, _, _, masks = export_tool.mmdet_predict(graph.detector, image)
+    assert boxes.shape == (0, 4) and masks.shape == (0, 96, 64)
+
+
 def test_roi_align_and_nms_export_as_mmcv_computes_them(tmp_path):
     """The two mmcv ops against ONNX Runtime's standard ops: RoIAlign (aligned, adaptive sampling) on boxes
     inside, across and outside the map, tiny and large; NMS on clustered boxes with IoUs around the threshold."""

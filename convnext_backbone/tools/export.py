@@ -300,8 +300,10 @@ def main(argv=None):
     sample = torch.rand(1, 3, *size) * 255
     start = time.perf_counter()
     names = export_onnx(graph, sample, args.out, args.dynamic)
+    two_stage = isinstance(graph, TwoStageDetectorGraph)
+    dynamic = ('1' if two_stage else 'N') + ' x 3 x H x W (dynamic)'
     print(f'exported {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s:'
-          f' image {"N x 3 x H x W (dynamic)" if args.dynamic else "x".join(map(str, sample.shape))} -> '
+          f' {INPUT if two_stage else "image"} {dynamic if args.dynamic else "x".join(map(str, sample.shape))} -> '
           f'{", ".join(names)}')
     if left_out:
         print('not exported: ' + '; '.join(left_out))
