@@ -208,7 +208,8 @@ def export_onnx(graph, sample, path: str, dynamic: bool = False) -> list[str]:
 
 
 def _export_two_stage(graph, sample, path: str, dynamic: bool) -> list[str]:
-    """Input ``input`` (batch 1), outputs ``dets``, ``labels``[, ``masks``] (N detections: dynamic)."""
+    """Input ``input`` (batch 1, height and width always dynamic: the detector's point is to take any resized
+    image), outputs ``dets``, ``labels``[, ``masks``] (N detections: dynamic). ``dynamic`` is not needed."""
     if sample.shape[0] != 1:
         raise ValueError(f'a whole two-stage detector exports for batch 1, not {sample.shape[0]}: '
                          'run the file once per image.')
@@ -217,9 +218,7 @@ def _export_two_stage(graph, sample, path: str, dynamic: bool) -> list[str]:
     axes = {INPUT: {2: 'height', 3: 'width'}, 'dets': {1: 'num_dets'}, 'labels': {1: 'num_dets'}, 'masks': mask_axes}
     with torch.no_grad():
         torch.onnx.export(graph, (sample,), path, dynamo=False, opset_version=OPSET, input_names=[INPUT],
-                          output_names=names,
-                          dynamic_axes={name: axes[name] for name in [INPUT, *names]} if dynamic else {
-                              name: axes[name] for name in names})
+                          output_names=names, dynamic_axes={name: axes[name] for name in [INPUT, *names]})
     return names
 
 
@@ -278,7 +277,9 @@ def main(argv=None):
     parser.add_argument('--out', required=True, help='the .onnx file to write')
     parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
                         help='sample image size (default: the config crop size for segmentors, 800 1216 else)')
-    parser.add_argument('--dynamic', action='store_true', help='dynamic batch, height and width')
+    parser.add_argument('--dynamic', action='store_true',
+                        help='dynamic batch, height and width, checked at a second size (two-stage detectors: '
+                             'height and width are always dynamic; this adds the check)')
     parser.add_argument('--backbone-only', action='store_true', help='export normalisation + backbone only')
     parser.add_argument('--no-paste', action='store_true',
                         help='two-stage detectors: output the RoI mask probabilities (1 x N x M x M), not pasted')
@@ -301,10 +302,10 @@ def main(argv=None):
     start = time.perf_counter()
     names = export_onnx(graph, sample, args.out, args.dynamic)
     two_stage = isinstance(graph, TwoStageDetectorGraph)
-    dynamic = ('1' if two_stage else 'N') + ' x 3 x H x W (dynamic)'
+    shape = ('1 x 3 x H x W (dynamic)' if two_stage else 'N x 3 x H x W (dynamic)' if args.dynamic
+             else 'x'.join(map(str, sample.shape)))
     print(f'exported {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s:'
-          f' {INPUT if two_stage else "image"} {dynamic if args.dynamic else "x".join(map(str, sample.shape))} -> '
-          f'{", ".join(names)}')
+          f' {INPUT if two_stage else "image"} {shape} -> {", ".join(names)}')
     if left_out:
         print('not exported: ' + '; '.join(left_out))
 
