@@ -3,7 +3,8 @@
 - The fused CPU kernels run in eager CPU inference and step aside for every tracer / exporter, per thread.
 - V1 and V2 (tiny archs) through torch.jit.trace, the TorchScript ONNX exporter (opset 17, dynamic batch / height /
   width), torch.export.export and the dynamo ONNX exporter; ONNX Runtime equals PyTorch at a second input size.
-- tools/export.py end to end on a shrunk UperNet (image -> logits) and a shrunk Mask R-CNN (backbone, neck, RPN).
+- tools/export.py end to end on a shrunk UperNet (image -> logits); whole shrunk Mask R-CNN, Cascade Mask R-CNN and
+  ConvNeXt-V2 Mask R-CNN (dets / labels / masks) matched one to one with mmdet's predict in stock ONNX Runtime.
 - fp16 / bf16: CPU autocast forward and training step, model.half() / .bfloat16() inference, activations that
   overflow the hand-written fp16 LayerNorm and GRN.
 """
@@ -279,28 +280,176 @@ def test_export_tool_segmentor_whole_image_to_logits(tmp_path, capsys):
     assert got.shape == (1, 150, 80, 112) and np.abs(got - expected.numpy()).max() < 1e-4
 
 
-def test_export_tool_detector_backbone_neck_and_rpn(tmp_path, capsys):
-    config = shrunk_config(tmp_path, 'detection/mask_rcnn_convnext_t_3x.py',
-                           'neck=dict(in_channels=_ch, out_channels=16), '
-                           'rpn_head=dict(in_channels=16, feat_channels=16)')
-    checkpoint, model = random_checkpoint(tmp_path, config)
-    onnx_path = str(tmp_path / 'mask_rcnn.onnx')
-    worst, out, lines = run_export_tool(capsys, config, checkpoint, '--out', onnx_path, '--shape', '96', '128',
-                                        '--dynamic', '--repeat', '1')
-    assert worst < 1e-4 and len(lines) == 2
-    assert 'not exported:' in out and 'roi_head' in out
-    assert_portable_and_dynamic(onnx_path)
-    session = ort.InferenceSession(onnx_path, providers=['CPUExecutionProvider'])
-    names = [o.name for o in session.get_outputs()]
-    assert names == ([f'feat_{i}' for i in range(5)] + [f'rpn_head_0_{i}' for i in range(5)]
-                     + [f'rpn_head_1_{i}' for i in range(5)])
-    # equal to mmdet's own preprocessing, feature extractor and RPN head on the checkpoint's weights
-    batch = dummy_batch('mmdet', (64, 96))
+# --- whole two-stage detectors: tools/export.py vs mmdet's predict -------------------------------------------
+
+def two_stage_config(tmp_path, base, **rcnn_test_cfg):
+    """A shipped detection config shrunk as tests/test_detection.py shrinks it (tiny backbone, 16-channel heads,
+    the config's own test_cfg: 1000 proposals, 80 classes), with ``rcnn_test_cfg`` overrides and RoI levels
+    mapped from a finer scale (8 px, not 56)."""
+    from test_detection import _shrink, _shrink_heads
+    cfg = load_config(os.path.join(ROOT, 'configs', 'detection', base))
+    _shrink(cfg)
+    _shrink_heads(cfg)
+    cfg.model.test_cfg.rcnn.update(rcnn_test_cfg)
+    for name in ('bbox_roi_extractor', 'mask_roi_extractor'):  # a 64 px image's RoIs over all four levels
+        for extractor in cfg.model.roi_head[name] if isinstance(cfg.model.roi_head[name], list) else [
+                cfg.model.roi_head[name]]:
+            extractor.finest_scale = 8
+    path = str(tmp_path / f'tiny_{base}')
+    cfg.dump(path)
+    return path
+
+
+def initialised_checkpoint(tmp_path, config, classifier_scale=1.0):
+    """The detector as mmdet initialises it (seeded ``init_weights()``: near-uniform class scores, small box
+    deltas), its RoI classifiers (every cascade stage's) scaled by ``classifier_scale``: peaked class scores, so
+    that the config's own score threshold (0.05) keeps a few confident detections, as a trained detector's would."""
+    torch.manual_seed(0)
+    model, _ = build_model_from_config(load_config(config))
+    model.init_weights()
     with torch.no_grad():
-        features = model.extract_feat(model.data_preprocessor(batch, False)['inputs'])
-        scores, deltas = model.rpn_head(features)
-    got = session.run(None, {'image': batch['inputs'][0][None].float().numpy()})
-    assert max_diff(got, [*features, *scores, *deltas]) < 1e-4
+        for name, parameter in model.named_parameters():
+            if 'roi_head' in name and 'fc_cls' in name:
+                parameter.mul_(classifier_scale)
+    path = str(tmp_path / 'model.pth')
+    torch.save({'state_dict': model.state_dict()}, path)
+    return path, model
+
+
+DETECTION_LINE = (r'input 1x3x(\d+)x(\d+): detections pytorch (\d+), onnxruntime (\d+), matched (\d+) '
+                  r'\(max box diff (\S+) px, max score diff (\S+)(?:, min mask IoU (\S+))?\)')
+
+
+@pytest.mark.parametrize('base,weights', [
+    ('mask_rcnn_convnext_t_3x.py', 'random'),        # score_thr 0: every one of the 100 slots filled
+    ('cascade_convnext_t_3x.py', 'random'),
+    ('mask_rcnn_convnextv2_b_3x.py', 'confident'),   # the config's threshold, a few confident detections
+    ('cascade_convnext_t_3x.py', 'confident'),
+])
+def test_export_tool_two_stage_detector_equals_mmdet_predict(base, weights, tmp_path, capsys):
+    """The whole detector in one file of standard ONNX ops: ONNX Runtime's dets / labels / masks match mmdet's own
+    predict of the checkpoint one to one (label, box within 0.5 px, score within 1e-4, mask IoU >= 0.98), at the
+    export size and at a second size that is not a multiple of the padding divisor."""
+    config = two_stage_config(tmp_path, base, **({'score_thr': 0.0} if weights == 'random' else {}))
+    checkpoint, model = initialised_checkpoint(tmp_path, config, 1.0 if weights == "random" else 30.0)
+    onnx_path = str(tmp_path / 'detector.onnx')
+    export_tool.main([config, checkpoint, '--out', onnx_path, '--shape', '64', '96', '--dynamic', '--repeat', '1'])
+    out = capsys.readouterr().out
+    lines = re.findall(DETECTION_LINE, out)
+    assert [line[:2] for line in lines] == [('64', '96'), ('104', '72')], out
+    for _, _, pytorch, onnxruntime, matched, box, score, mask_iou in lines:
+        assert int(pytorch) == int(onnxruntime) == int(matched)
+        assert int(pytorch) == 100 if weights == 'random' else int(pytorch) > 0
+        assert float(box) <= 0.5 and float(score) <= 1e-4 and float(mask_iou) >= 0.98
+    graph = onnx.load(onnx_path).graph
+    assert {node.domain for node in graph.node} <= {'', 'ai.onnx'}  # stock onnxruntime, no custom-op library
+    assert {'RoiAlign', 'NonMaxSuppression', 'TopK', 'GridSample'} <= {node.op_type for node in graph.node}
+    assert [i.name for i in graph.input] == ['input'] and [o.name for o in graph.output] == ['dets', 'labels', 'masks']
+    assert [d.dim_value or d.dim_param for d in graph.input[0].type.tensor_type.shape.dim] == [1, 3, 'height', 'width']
+    # the test's own look at a third image: box layout, label range, masks at the input's size
+    image = torch.rand(1, 3, 80, 112, generator=torch.Generator().manual_seed(5)) * 255
+    dets, labels, masks = ort_outputs(onnx_path, image)
+    boxes, scores, expected_labels, expected_masks = export_tool.mmdet_predict(model, image)
+    assert dets.shape == (1, len(scores), 5) and labels.shape == (1, len(scores))
+    assert masks.shape == (1, len(scores), 80, 112)
+    assert np.abs(np.sort(dets[0, :, 4])[::-1] - np.sort(scores)[::-1]).max() < 1e-4
+    assert scores.min() > 0.05 and scores.max() > 0.5 if weights == 'confident' else len(scores) == 100
+    assert sorted(labels[0].tolist()) == sorted(expected_labels.tolist())
+    assert (dets[0, :, [0, 2]] <= 112).all() and (dets[0, :, [1, 3]] <= 80).all() and (dets[0, :, :4] >= 0).all()
+
+
+def test_export_tool_no_paste_gives_roi_mask_probabilities(tmp_path):
+    config = two_stage_config(tmp_path, 'mask_rcnn_convnext_t_3x.py', score_thr=0.0, max_per_img=20)
+    cfg = load_config(config)
+    cfg.model.test_cfg.rpn.update(nms_pre=100, max_per_img=100)
+    graph, _ = export_tool.export_graph(cfg, paste_masks=False)
+    path = str(tmp_path / 'unpasted.onnx')
+    export_tool.export_onnx(graph, torch.rand(1, 3, 64, 64) * 255, path, dynamic=True)
+    image = torch.rand(1, 3, 96, 64) * 255
+    dets, labels, masks = ort_outputs(path, image)
+    assert dets.shape == (1, 20, 5) and masks.shape == (1, 20, 28, 28)
+    with torch.no_grad():
+        expected = graph(image)
+    assert max_diff([dets, masks], [expected[0], expected[2]]) < 1e-3  # pixels, probabilities
+    assert (labels == expected[1].numpy()).all()
+
+
+def test_two_stage_detector_without_detections(tmp_path):
+    """A threshold nothing passes: empty outputs of the right ranks in ONNX Runtime, as mmdet's predict."""
+    cfg = load_config(two_stage_config(tmp_path, 'cascade_convnext_t_3x.py', score_thr=1.0))
+    cfg.model.test_cfg.rpn.update(nms_pre=100, max_per_img=100)
+    graph, _ = export_tool.export_graph(cfg)
+    path = str(tmp_path / 'empty.onnx')
+    export_tool.export_onnx(graph, torch.rand(1, 3, 64, 64) * 255, path, dynamic=True)
+    image = torch.rand(1, 3, 96, 64) * 255
+    assert [o.shape for o in ort_outputs(path, image)] == [(1, 0, 5), (1, 0), (1, 0, 96, 64)]
+    boxes, _, _, masks = export_tool.mmdet_predict(graph.detector, image)
+    assert boxes.shape == (0, 4) and masks.shape == (0, 96, 64)
+
+
+def test_roi_align_and_nms_export_as_mmcv_computes_them(tmp_path):
+    """The two mmcv ops against ONNX Runtime's standard ops: RoIAlign (aligned, adaptive sampling) on boxes
+    inside, across and outside the map, tiny and large; NMS on clustered boxes with IoUs around the threshold."""
+    from convnext_backbone.tools import export_detector as ed
+    generator = torch.Generator().manual_seed(0)
+    feature = torch.randn(1, 8, 13, 17, generator=generator)
+    corner = torch.rand(60, 2, generator=generator) * 80 - 8
+    boxes = torch.cat([corner, corner + torch.rand(60, 2, generator=generator) ** 3 * 60 + 0.01], 1)
+
+    class Ops(nn.Module):
+        def forward(self, feature, boxes, scores):
+            align = ed._RoIAlign.apply(feature, boxes, torch.zeros_like(boxes[:, 0], dtype=torch.int64), (7, 7),
+                                       0.25, 0, True)
+            return align, ed.nms(boxes, scores, 0.5, 25)
+
+    scores = torch.rand(60, generator=generator)
+    path = str(tmp_path / 'ops.onnx')
+    torch.onnx.export(Ops(), (feature, boxes, scores), path, dynamo=False, opset_version=export_tool.OPSET,
+                      input_names=['f', 'b', 's'], dynamic_axes={'b': {0: 'n'}, 's': {0: 'n'}})
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    kept = []
+    for n in (60, 0):
+        align, keep = session.run(None, {'f': feature.numpy(), 'b': boxes[:n].numpy(), 's': scores[:n].numpy()})
+        expected_align, expected_keep = Ops()(feature, boxes[:n], scores[:n])
+        assert align.shape == (n, 8, 7, 7) and np.abs(align - expected_align.numpy()).max(initial=0) < 1e-5
+        assert keep.tolist() == expected_keep.tolist()
+        kept.append(len(keep))
+    assert 0 < kept[0] <= 25 and kept[1] == 0
+
+
+def test_unsupported_test_cfg_is_named(tmp_path):
+    config = two_stage_config(tmp_path, 'mask_rcnn_convnext_t_3x.py', nms=dict(type='soft_nms', iou_threshold=0.5))
+    with pytest.raises(ValueError, match='test_cfg.rcnn.nms.*soft_nms'):
+        export_tool.export_graph(load_config(config))
+
+
+def test_detection_check_fails_on_a_moved_box_a_label_a_mask_or_a_missing_detection():
+    """The tool's comparison is what makes it fail: each kind of difference is reported."""
+    rng = np.random.default_rng(0)
+    boxes = np.array([[2, 3, 30, 40], [10, 10, 50, 60], [5, 5, 20, 25]], np.float32)
+    scores = np.array([0.9, 0.8, 0.7], np.float32)
+    labels = np.array([1, 2, 1])
+    masks = np.zeros((3, 64, 64), bool)
+    for mask, (x1, y1, x2, y2) in zip(masks, boxes.astype(int)):
+        mask[y1:y2, x1:x2] = True
+    expected = (boxes, scores, labels, masks)
+
+    def got(boxes=boxes, scores=scores, labels=labels, masks=masks):
+        order = rng.permutation(len(scores))  # any order
+        dets = np.concatenate([boxes, scores[:, None]], 1)[order]
+        return dets[None], labels[order][None], masks[order][None].astype(np.float32)
+
+    assert export_tool.match_detections(expected, got())['failures'] == []
+    moved = boxes.copy()
+    moved[1, 2] += 0.6
+    assert 'no match' in export_tool.match_detections(expected, got(boxes=moved))['failures'][0]
+    assert export_tool.match_detections(expected, got(labels=np.array([1, 2, 0])))['failures']
+    assert export_tool.match_detections(expected, got(scores=scores + np.float32(2e-4)))['failures']
+    eroded = masks.copy()
+    eroded[0, 3:10] = False
+    assert 'mask IoU' in export_tool.match_detections(expected, got(masks=eroded))['failures'][0]
+    report = export_tool.match_detections(expected, tuple(x[:, :2] for x in got()))
+    assert report['matched'] == 2 and len(report['failures']) == 1
 
 
 # --- mixed precision ---------------------------------------------------------------------------------------
@@ -384,3 +533,37 @@ def test_grn_stays_finite_where_the_naive_fp16_norm_overflows(dtype, autocast):
     if dtype == torch.float16:
         assert torch.isinf(torch.norm(x, p=2, dim=(1, 2))).all()  # the naive norm overflows...
         assert torch.isnan(naive.half()(x)).all()  # ...and poisons the whole output
+
+
+@pytest.mark.parametrize('opset', [11, 17])  # mmdeploy's default opset, ours
+def test_grn_exports_with_its_norm_in_float32_in_fp16_onnx(opset, tmp_path):
+    """mmdeploy#2669 (ConvNeXt-V2 Mask R-CNN): nothing in our V2 block stops an export. In an fp16 graph our GRN's
+    spatial L2 norm is a float32 ReduceL2 (a Cast to float32 in front of it), so a runtime that computes in the
+    declared types (TensorRT fp16, onnx's reference evaluator) stays finite where the official GRN's fp16
+    ReduceL2 overflows (norm ~1e5 > 65504: NaN). ONNX Runtime's CPU runs both (it computes fp16 reductions in
+    float32) and, for the whole fp16 V2 backbone, stays within fp16 rounding of float32 PyTorch."""
+    from onnx.reference import ReferenceEvaluator
+    grn = randomize_(GRN(32))
+    naive = OfficialGRN(32)
+    naive.load_state_dict(grn.state_dict())
+    x = (1000 + 1000 * torch.rand(1, 64, 64, 32, generator=torch.Generator().manual_seed(0))).half()
+    expected = eager(grn, x.float())
+    for module, finite in ((grn, True), (naive, False)):
+        path = str(tmp_path / 'grn.onnx')
+        torch.onnx.export(copy.deepcopy(module).half().eval(), (x,), path, dynamo=False, opset_version=opset)
+        model = onnx.load(path)
+        producer = {out: node for node in model.graph.node for out in node.output}
+        reduce_l2 = next(node for node in model.graph.node if node.op_type == 'ReduceL2')
+        cast = producer.get(reduce_l2.input[0])
+        assert (cast is not None and cast.op_type == 'Cast' and cast.attribute[0].i == onnx.TensorProto.FLOAT) is finite
+        got = ReferenceEvaluator(model).run(None, {model.graph.input[0].name: x.numpy()})[0]
+        assert bool(np.isfinite(got).all()) is finite
+        if finite:
+            assert (np.abs(got.astype(np.float32) - expected.numpy()) / np.abs(expected.numpy())).max() < 1e-2
+    backbone = tiny('v2').eval()
+    path = str(tmp_path / 'v2_fp16.onnx')
+    image = inputs((1, 3, 64, 96))
+    torch.onnx.export(copy.deepcopy(backbone).half(), (image.half(),), path, dynamo=False, opset_version=opset)
+    outputs, expected = ort_outputs(path, image.half()), eager(backbone, image)
+    assert all(o.dtype == np.float16 for o in outputs)
+    assert max_diff([o.astype(np.float32) for o in outputs], expected) < 1e-2 * max(e.abs().max() for e in expected)

@@ -1,30 +1,36 @@
-"""Export what can be exported of a detector or segmentor to ONNX, then check it in ONNX Runtime.
+"""Export a detector or segmentor to ONNX, then check it in ONNX Runtime against PyTorch.
 
-    python tools/export.py CONFIG [CHECKPOINT] --out model.onnx [--shape H W] [--dynamic]
+    python tools/export.py CONFIG [CHECKPOINT] --out model.onnx [--shape H W] [--dynamic] [--no-paste]
     python tools/export.py configs/segmentation/upernet_convnext_t_512_160k_ade20k.py ckpt.pth --out upernet.onnx
-    python tools/export.py configs/detection/mask_rcnn_convnext_t_3x.py --out mask_rcnn.onnx --shape 800 1216
+    python tools/export.py configs/detection/mask_rcnn_convnext_t_3x.py ckpt.pth --out mask_rcnn.onnx --dynamic
 
-What goes into the graph (the TorchScript ONNX exporter, opset 17, portable ONNX ops only):
+What goes into the graph (the TorchScript ONNX exporter, opset 17, standard ONNX ops only):
 
+- an mmdet two-stage detector whole (Mask R-CNN, Faster R-CNN, Cascade (Mask) R-CNN;
+  :mod:`.export_detector`): input ``input`` (1 x 3 x H x W, the resized image) -> ``dets`` (1 x N x 5: x1, y1,
+  x2, y2 in the input's pixels, score), ``labels`` (1 x N), ``masks`` (1 x N x H x W mask probabilities; with
+  ``--no-paste`` the RoI masks, 1 x N x 28 x 28), mmdeploy's names; the config's ``test_cfg`` (NMS thresholds,
+  ``score_thr``, ``max_per_img``) baked in. Batch 1;
 - an mmseg segmentor whole: image -> per-class logits at the image's size (the data preprocessor's channel
   flip and mean/std normalisation, backbone, neck, decode head, the bilinear resize of mmseg's whole-image
   inference; argmax is left to the caller). Sliding-window inference (``test_cfg.mode='slide'``) is a loop
   over crops of this graph, done outside it;
-- an mmdet detector's feature extractor (preprocessor normalisation, backbone, neck) and its dense heads'
-  raw outputs (e.g. the RPN's per-level class scores and box deltas, RetinaNet's, FCOS's), as mmdet's
-  'tensor' mode computes them. What follows them (box decoding and NMS, the RoI heads with RoIAlign) runs
-  mmcv ops, which plain ONNX export writes as mmcv custom ops: not exported (the tool says what it left out;
-  docs/deploy.md has the mmdeploy route for whole detectors);
+- another mmdet detector: its feature extractor (preprocessor normalisation, backbone, neck) and its dense
+  heads' raw outputs (e.g. RetinaNet's, FCOS's per-level scores and box deltas), as mmdet's 'tensor' mode
+  computes them (the tool says what it left out);
 - with ``--backbone-only``: normalisation + backbone only (multi-scale features).
 
-The image input is ``image``: float32, N x 3 x H x W, pixel values 0-255 in the channel order the config's
-loading pipeline produces (BGR for mmcv's loaders), padded as the data preprocessor would pad it. Without a
-CHECKPOINT the weights are random (for checking exportability and speed).
+The image input (``image``, ``input`` for two-stage detectors) is float32, N x 3 x H x W, pixel values 0-255 in
+the channel order the config's loading pipeline produces (BGR for mmcv's loaders); a two-stage detector pads it
+in the graph, the others take it padded as the data preprocessor would pad it. Without a CHECKPOINT the weights
+are random (for checking exportability and speed).
 
-After export the file runs in ONNX Runtime on a random image of ``--shape`` (with ``--dynamic`` also on a
-second, larger image with batch 2); the tool prints the largest absolute difference of every output to
-PyTorch's eager model and the median latency of both (interleaved runs, ``--repeat``), and exits non-zero when
-a difference exceeds ``--tolerance``.
+After export the file runs in ONNX Runtime on a random image of ``--shape`` (with ``--dynamic`` also on a second
+size; batch 2 except for two-stage detectors). A two-stage detector's detections are matched one to one with
+mmdet's ``predict`` of the same model (label equal, box within 0.5 px, score within 1e-4, mask IoU >= 0.98);
+for the others the tool prints the largest absolute difference of every output to PyTorch's eager model. Both
+print the median latency of PyTorch and ONNX Runtime (interleaved runs, ``--repeat``) and exit non-zero when
+the check fails (``--tolerance`` for the differences).
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ import torch.nn.functional as F
 
 from .. import compat
 from .common import build_model_from_config, load_config, require
+from .export_detector import (INPUT, TwoStageDetectorGraph, is_two_stage, match_detections,  # noqa: F401
+                              mmdet_predict)
 
 OPSET = 17
 
@@ -149,7 +157,7 @@ def dense_heads(detector) -> list[str]:
             if isinstance(getattr(detector, name, None), BaseDenseHead)]
 
 
-def export_graph(cfg, checkpoint: str | None = None, backbone_only: bool = False):
+def export_graph(cfg, checkpoint: str | None = None, backbone_only: bool = False, paste_masks: bool = True):
     """The exportable graph of a config's model (eval mode) and what of the model it leaves out."""
     model, scope = build_model_from_config(cfg)
     if checkpoint:
@@ -160,6 +168,8 @@ def export_graph(cfg, checkpoint: str | None = None, backbone_only: bool = False
     if scope == 'mmseg':
         left_out = ['auxiliary_head (training only)'] if getattr(model, 'with_auxiliary_head', False) else []
         return SegmentorGraph(model).eval(), left_out
+    if is_two_stage(model):
+        return TwoStageDetectorGraph(model, paste_masks).eval(), []
     heads = dense_heads(model)
     left_out = ['the dense heads\' box decoding and NMS (an mmcv op)'] if heads else []
     if getattr(model, 'roi_head', None) is not None:
@@ -185,6 +195,8 @@ def _output_names(graph, sample) -> list[str]:
 
 
 def export_onnx(graph, sample, path: str, dynamic: bool = False) -> list[str]:
+    if isinstance(graph, TwoStageDetectorGraph):
+        return _export_two_stage(graph, sample, path, dynamic)
     names = _output_names(graph, sample)
     dynamic_axes = None
     if dynamic:
@@ -194,6 +206,40 @@ def export_onnx(graph, sample, path: str, dynamic: bool = False) -> list[str]:
         compat.onnx_export(exportable(graph), (sample,), path, opset_version=OPSET, input_names=['image'],
                           output_names=names, dynamic_axes=dynamic_axes)
     return names
+
+
+def _export_two_stage(graph, sample, path: str, dynamic: bool) -> list[str]:
+    """Input ``input`` (batch 1, height and width always dynamic: the detector's point is to take any resized
+    image), outputs ``dets``, ``labels``[, ``masks``] (N detections: dynamic). ``dynamic`` is not needed."""
+    if sample.shape[0] != 1:
+        raise ValueError(f'a whole two-stage detector exports for batch 1, not {sample.shape[0]}: '
+                         'run the file once per image.')
+    names = graph.output_names()
+    mask_axes = {1: 'num_dets', 2: 'height', 3: 'width'} if graph.paste_masks else {1: 'num_dets'}
+    axes = {INPUT: {2: 'height', 3: 'width'}, 'dets': {1: 'num_dets'}, 'labels': {1: 'num_dets'}, 'masks': mask_axes}
+    with torch.no_grad():
+        torch.onnx.export(graph, (sample,), path, dynamo=False, opset_version=OPSET, input_names=[INPUT],
+                          output_names=names, dynamic_axes={name: axes[name] for name in [INPUT, *names]})
+    return names
+
+
+def compare_detector(graph, session, image: torch.Tensor, repeat: int = 3, warmup: int = 1):
+    """ONNX Runtime's detections matched one to one with mmdet's ``predict`` of the same model on ``image``
+    (``export_detector.match_detections``), and both median latencies (s), interleaved."""
+    feed = {INPUT: image.numpy()}
+    torch_times, ort_times = [], []
+    for i in range(warmup + repeat):
+        start = time.perf_counter()
+        expected = mmdet_predict(graph.detector, image)
+        middle = time.perf_counter()
+        got = session.run(None, feed)
+        end = time.perf_counter()
+        if i >= warmup:
+            torch_times.append(middle - start)
+            ort_times.append(end - middle)
+    if not graph.paste_masks:  # the RoI masks cannot be compared with mmdet's pasted ones
+        expected = (*expected[:3], None)
+    return match_detections(expected, got), statistics.median(torch_times), statistics.median(ort_times)
 
 
 def _flat(outputs):
@@ -232,8 +278,12 @@ def main(argv=None):
     parser.add_argument('--out', required=True, help='the .onnx file to write')
     parser.add_argument('--shape', nargs=2, type=int, metavar=('H', 'W'),
                         help='sample image size (default: the config crop size for segmentors, 800 1216 else)')
-    parser.add_argument('--dynamic', action='store_true', help='dynamic batch, height and width')
+    parser.add_argument('--dynamic', action='store_true',
+                        help='dynamic batch, height and width, checked at a second size (two-stage detectors: '
+                             'height and width are always dynamic; this adds the check)')
     parser.add_argument('--backbone-only', action='store_true', help='export normalisation + backbone only')
+    parser.add_argument('--no-paste', action='store_true',
+                        help='two-stage detectors: output the RoI mask probabilities (1 x N x M x M), not pasted')
     parser.add_argument('--repeat', type=int, default=3, help='timed runs of each (after one warm-up)')
     parser.add_argument('--threads', type=int, default=None,
                         help='intra-op threads of both PyTorch and ONNX Runtime (default: torch.get_num_threads())')
@@ -246,19 +296,23 @@ def main(argv=None):
                      'downsamples by 32)')
 
     cfg = load_config(args.config)
-    graph, left_out = export_graph(cfg, args.checkpoint, args.backbone_only)
+    graph, left_out = export_graph(cfg, args.checkpoint, args.backbone_only, paste_masks=not args.no_paste)
     size = tuple(args.shape) if args.shape else default_shape(cfg)
     torch.manual_seed(0)
     sample = torch.rand(1, 3, *size) * 255
     start = time.perf_counter()
     names = export_onnx(graph, sample, args.out, args.dynamic)
+    two_stage = isinstance(graph, TwoStageDetectorGraph)
+    shape = ('1 x 3 x H x W (dynamic)' if two_stage else 'N x 3 x H x W (dynamic)' if args.dynamic
+             else 'x'.join(map(str, sample.shape)))
     print(f'exported {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s:'
-          f' image {"N x 3 x H x W (dynamic)" if args.dynamic else "x".join(map(str, sample.shape))} -> '
-          f'{", ".join(names)}')
+          f' {INPUT if two_stage else "image"} {shape} -> {", ".join(names)}')
     if left_out:
         print('not exported: ' + '; '.join(left_out))
 
     session = ort_session(args.out, args.threads)
+    if isinstance(graph, TwoStageDetectorGraph):
+        return check_detector(graph, session, sample, args)
     images = [sample]
     if args.dynamic:
         images.append(torch.rand(2, 3, size[0] + 32, size[1] + 64) * 255)
@@ -272,6 +326,27 @@ def main(argv=None):
     if worst > args.tolerance:
         raise SystemExit(f'ONNX Runtime differs from PyTorch by {worst:.3g} > --tolerance {args.tolerance}')
     return worst
+
+
+def check_detector(graph, session, sample, args):
+    """Prints the one-to-one comparison with mmdet's predict (and the second, odd size with --dynamic); fails
+    when a detection or a mask is out of tolerance."""
+    images = [sample]
+    if args.dynamic:  # another height and width, neither a multiple of the padding divisor
+        images.append(torch.rand(1, 3, sample.shape[2] + 40, sample.shape[3] - 24) * 255)
+    failures = []
+    for image in images:
+        report, torch_s, ort_s = compare_detector(graph, session, image, repeat=args.repeat)
+        failures += report['failures']
+        masks = '' if report['min_mask_iou'] is None else f', min mask IoU {report["min_mask_iou"]:.4f}'
+        print(f'input {"x".join(map(str, image.shape))}: detections pytorch {report["pytorch"]}, onnxruntime '
+              f'{report["onnxruntime"]}, matched {report["matched"]} (max box diff {report["max_box_diff"]:.3g} px, '
+              f'max score diff {report["max_score_diff"]:.3g}{masks}); latency pytorch {torch_s * 1000:.1f} ms, '
+              f'onnxruntime {ort_s * 1000:.1f} ms (median of {args.repeat}, interleaved)')
+    if failures:
+        raise SystemExit('ONNX Runtime differs from mmdet\'s predict (tolerances: box 0.5 px, score 1e-4, mask '
+                         'IoU 0.98):\n' + '\n'.join(failures))
+    return 0.0
 
 
 def ort_session(path: str, threads: int | None = None):
