@@ -34,6 +34,10 @@ STACK_SUITE = {
                            'test_mmdet_model_zoo_detector_checkpoint_via_prefix',
                            'test_official_finetuned_dense_checkpoint_and_safetensors', 'test_garbage_file_is_a_clear_error',
                            'test_pickled_objects_are_refused', 'test_runner_load_from_refuses_non_finite_backbone_weights'),
+    'test_crash_safe.py': ('test_sigkill_at_random_moments_then_resume_equals_uninterrupted',
+                           'test_sigterm_mid_epoch_checkpoints_that_iteration_and_resume_continues_the_data_order',
+                           'test_auto_resume_falls_back_from_a_torn_latest_checkpoint',
+                           'test_the_private_mmengine_method_the_checkpoint_hook_overrides_is_unchanged'),
     'test_layer_decay.py': '*',
     'test_output_stride.py': '*',
     'test_detection.py': ('test_config_builds_and_trains_one_step', 'test_resume_continues_exactly'),
@@ -41,7 +45,9 @@ STACK_SUITE = {
     'test_dropin.py': ('test_imports_and_builds_without_the_other_codebases',),
     'test_export.py': ('test_fused_kernels_run_in_eager_inference_and_never_while_tracing',
                        'test_onnx_torchscript_exporter_dynamic_shapes_in_onnxruntime', 'test_jit_trace',
-                       'test_output_stride_8_jit_trace_and_onnxruntime', 'test_export_tool_segmentor_whole_image_to_logits'),
+                       'test_output_stride_8_jit_trace_and_onnxruntime', 'test_export_tool_segmentor_whole_image_to_logits',
+                       'test_export_tool_two_stage_detector_equals_mmdet_predict',
+                       'test_roi_align_and_nms_export_as_mmcv_computes_them'),
 }
 
 

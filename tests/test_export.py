@@ -404,7 +404,7 @@ def test_roi_align_and_nms_export_as_mmcv_computes_them(tmp_path):
 
     scores = torch.rand(60, generator=generator)
     path = str(tmp_path / 'ops.onnx')
-    torch.onnx.export(Ops(), (feature, boxes, scores), path, dynamo=False, opset_version=export_tool.OPSET,
+    compat.onnx_export(Ops(), (feature, boxes, scores), path, opset_version=export_tool.OPSET,
                       input_names=['f', 'b', 's'], dynamic_axes={'b': {0: 'n'}, 's': {0: 'n'}})
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     kept = []
@@ -550,7 +550,7 @@ def test_grn_exports_with_its_norm_in_float32_in_fp16_onnx(opset, tmp_path):
     expected = eager(grn, x.float())
     for module, finite in ((grn, True), (naive, False)):
         path = str(tmp_path / 'grn.onnx')
-        torch.onnx.export(copy.deepcopy(module).half().eval(), (x,), path, dynamo=False, opset_version=opset)
+        compat.onnx_export(copy.deepcopy(module).half().eval(), (x,), path, opset_version=opset)
         model = onnx.load(path)
         producer = {out: node for node in model.graph.node for out in node.output}
         reduce_l2 = next(node for node in model.graph.node if node.op_type == 'ReduceL2')
@@ -563,7 +563,7 @@ def test_grn_exports_with_its_norm_in_float32_in_fp16_onnx(opset, tmp_path):
     backbone = tiny('v2').eval()
     path = str(tmp_path / 'v2_fp16.onnx')
     image = inputs((1, 3, 64, 96))
-    torch.onnx.export(copy.deepcopy(backbone).half(), (image.half(),), path, dynamo=False, opset_version=opset)
+    compat.onnx_export(copy.deepcopy(backbone).half(), (image.half(),), path, opset_version=opset)
     outputs, expected = ort_outputs(path, image.half()), eager(backbone, image)
     assert all(o.dtype == np.float16 for o in outputs)
     assert max_diff([o.astype(np.float32) for o in outputs], expected) < 1e-2 * max(e.abs().max() for e in expected)

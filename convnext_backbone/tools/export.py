@@ -218,7 +218,7 @@ def _export_two_stage(graph, sample, path: str, dynamic: bool) -> list[str]:
     mask_axes = {1: 'num_dets', 2: 'height', 3: 'width'} if graph.paste_masks else {1: 'num_dets'}
     axes = {INPUT: {2: 'height', 3: 'width'}, 'dets': {1: 'num_dets'}, 'labels': {1: 'num_dets'}, 'masks': mask_axes}
     with torch.no_grad():
-        torch.onnx.export(graph, (sample,), path, dynamo=False, opset_version=OPSET, input_names=[INPUT],
+        compat.onnx_export(graph, (sample,), path, opset_version=OPSET, input_names=[INPUT],
                           output_names=names, dynamic_axes={name: axes[name] for name in [INPUT, *names]})
     return names
 
