@@ -1,35 +1,32 @@
-"""Checkpoint interop: read any ConvNeXt checkpoint safely, convert it to ours (the official layout) or from ours
-to another layout, and load it into the backbone through one path.
+"""Checkpoint files and layouts, no model: read any ConvNeXt checkpoint safely, convert it to ours (the official
+layout) or from ours to another layout, and convert files (``tools/convert_checkpoint.py``).
 
 The layouts themselves (how each is recognised, its key rules, reshapes, classification-only and pretraining-only
-keys) are the table in :mod:`convnext_backbone.layouts`; everything here is derived from it.
-
-Loading: ``init_cfg=dict(type='Pretrained', ...)`` (:func:`load_pretrained`) and a whole-model ``load_from`` /
-``load_state_dict`` both end in the backbone's ``_load_from_state_dict`` hook, :func:`adapt_state_dict_in_place`,
-which converts once and applies the same checks (shapes, missing and unexpected keys, NaN/Inf) with the same
-messages; ``tools/convert_checkpoint.py`` (:func:`convert_file`) converts through the same
-:func:`convert_state_dict`, so its NaN/Inf check (:func:`check_finite`) is the same one. Only the backbone's keys
-are checked: a detector's neck and head are its codebase's. Messages name the file: the one given to ``init_cfg``
-or the tool, or, for ``load_from`` / ``resume`` / ``mmengine.runner.load_checkpoint``, the one mmengine is loading
-(:func:`_mmengine_loading_file`). Classification-only tensors (heads, final pooled norms) are skipped and
-reported, as the official detection code does: the dense output norms then start fresh; a backbone in
-``gap_before_final_norm`` mode takes the final pooled norm (official ``norm.``, timm's ``head.norm.``, an
-mmpretrain classifier's last ``norm{i}``) as its last output norm instead (:func:`claim_final_norm`). Dense
-per-stage norms a layout does have (fine-tuned detectors, ``ConvNextBackbone``, DINOv3) load into our ``norm{i}``.
+keys) are the table in :mod:`convnext_backbone.layouts`; everything here is derived from it. Loading into the
+backbone (``init_cfg``, a whole model's ``load_from``) is :mod:`convnext_backbone.loading`, which converts through
+:func:`convert_state_dict` too: its NaN/Inf check (:func:`check_finite`) is the tool's. Classification-only tensors
+(heads, final pooled norms) are skipped and reported, as the official detection code does; a classifier's final
+pooled norm is kept aside (``Conversion.final_norm``) for a backbone in ``gap_before_final_norm`` mode. Dense
+per-stage norms a layout does have (fine-tuned detectors, ``ConvNextBackbone``, DINOv3) convert to our ``norm{i}``.
 
 Files are read with ``weights_only=True``: no arbitrary objects are unpickled.
 """
 from __future__ import annotations
 
-import contextvars
+import json
 import os
+import pickle
 import re
 import sys
 from dataclasses import dataclass, field
 
 import torch
 from mmengine.logging import print_log
+from safetensors.torch import load_file, save_file
+from torch.hub import download_url_to_file, get_dir
 
+from . import safe_load  # noqa: F401  (allow-lists mmengine's checkpoint metadata for the safe loader)
+from .arch import arch_name
 from .layouts import LAYOUT_NAMES, LAYOUTS, detect, get_layout  # noqa: F401  (LAYOUTS re-exported)
 
 FORMATS = LAYOUT_NAMES
@@ -43,7 +40,6 @@ class CheckpointError(ValueError):
 
 def _local_path(path: str) -> str:
     if path.startswith(('http://', 'https://')):
-        from torch.hub import download_url_to_file, get_dir
         cache_dir = os.path.join(get_dir(), 'checkpoints')
         os.makedirs(cache_dir, exist_ok=True)
         local = os.path.join(cache_dir, os.path.basename(path.split('?')[0]))
@@ -79,9 +75,10 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
 
     ``.pth`` files are read with ``weights_only=True``: no arbitrary objects are unpickled (mmengine's own
     checkpoint metadata is allow-listed by :mod:`convnext_backbone.safe_load`). Empty, truncated, text (an HTML
-    error page, a Git LFS pointer) and object-pickling files are each a :class:`CheckpointError` naming the file.
+    error page, a Git LFS pointer) and object-pickling files are each a :class:`CheckpointError` naming the file,
+    decided by checks of the file (its size, its first and last bytes, the safetensors header, the globals its
+    pickle names), not by the wording of torch's errors.
     """
-    from . import safe_load  # noqa: F401  (allow-lists mmengine's checkpoint metadata)
     local = _local_path(path)
     size = os.path.getsize(local)
     if size == 0:
@@ -97,35 +94,55 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
                 if first.startswith('version https://git-lfs') else
                 ' It looks like a web page or an error message saved instead of the file.')
         raise CheckpointError(f'Checkpoint {path!r} is a text file, not a checkpoint (it starts with {first!r}).{hint}')
-    truncated = CheckpointError(f'Checkpoint {path!r} is truncated or corrupt ({size} bytes, its end is missing): '
-                                'the download or save did not complete. Fetch or save it again.')
     if local.endswith('.safetensors'):
-        if size < 8 or int.from_bytes(head[:8], 'little') + 8 > size:
-            raise truncated
-    elif head.startswith(b'PK\x03\x04') and b'PK\x05\x06' not in tail:  # a torch zip without its directory
-        raise truncated
+        complete = _safetensors_complete(local, size)
+    else:  # a torch zip ends with its central directory
+        complete = not head.startswith(b'PK\x03\x04') or b'PK\x05\x06' in tail
+    if not complete:
+        raise CheckpointError(f'Checkpoint {path!r} is truncated or corrupt ({size} bytes, its end is missing): '
+                              'the download or save did not complete. Fetch or save it again.')
     try:
         if local.endswith('.safetensors'):
-            from safetensors.torch import load_file
-            device = map_location if isinstance(map_location, str) else 'cpu'
-            return load_file(local, device=device)
+            return load_file(local, device=map_location if isinstance(map_location, str) else 'cpu')
         return torch.load(local, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch/safetensors raise many types for a bad file; give one clear one
-        text = str(exc)
-        found = re.search(r'Unsupported global: GLOBAL ([\w.]+)', text)
-        if found:
-            raise CheckpointError(
-                f'Checkpoint {path!r} pickles an object of type {found.group(1)}, which is not loaded: only '
-                'tensors are (weights_only=True). Re-save just its state_dict: '
-                'torch.save(model.state_dict(), ...).') from exc
-        if any(s in text for s in ('unexpected EOF', 'Ran out of input', 'incomplete', 'MetadataIncompleteBuffer',
-                                   'central directory', 'failed reading zip')):
-            raise truncated from exc
-        detail = re.search(r'WeightsUnpickler error:\s*(\S[^\n]*)', text)
-        raise CheckpointError(
-            f'Cannot read checkpoint {path!r}: {type(exc).__name__}: '
-            f'{detail.group(1)[:160] if detail else _first_line(exc)[:160]}. Expected a torch '
-            '.pth/.pt file of tensors or a .safetensors file (read with weights_only=True).') from exc
+    except Exception as exc:  # torch / safetensors raise many types for a bad file; give one clear one
+        if isinstance(exc, pickle.UnpicklingError):  # the safe unpickler refused the file: say what it holds
+            unsafe = _unsafe_globals(local)
+            if unsafe:
+                raise CheckpointError(
+                    f'Checkpoint {path!r} pickles an object of type {unsafe[0]}, which is not loaded: only '
+                    'tensors are (weights_only=True). Re-save just its state_dict: '
+                    'torch.save(model.state_dict(), ...).') from exc
+            detail = 'not a pickle of tensors that torch.load reads'
+        else:
+            detail = f'{type(exc).__name__}: {_first_line(exc)[:160]}'
+        raise CheckpointError(f'Cannot read checkpoint {path!r}: {detail}. Expected a torch .pth/.pt file of '
+                              'tensors or a .safetensors file (read with weights_only=True).') from exc
+
+
+def _safetensors_complete(local: str, size: int) -> bool:
+    """Whether a .safetensors file holds all it declares: an 8-byte header length, the JSON header, and every
+    tensor's bytes up to the largest ``data_offsets`` end (the format's public specification)."""
+    with open(local, 'rb') as f:
+        length = int.from_bytes(f.read(8), 'little')
+        if size < 8 or length + 8 > size:
+            return False
+        try:
+            header = json.loads(f.read(length))
+            ends = [int(v['data_offsets'][1]) for k, v in header.items() if k != '__metadata__']
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return False
+    return 8 + length + max(ends, default=0) <= size
+
+
+def _unsafe_globals(local: str) -> list:
+    """The globals a torch zip checkpoint's pickle names that the safe loader refuses (torch's own public check,
+    ``torch.serialization.get_unsafe_globals_in_checkpoint``, torch >= 2.5); [] where it cannot tell."""
+    check = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
+    try:
+        return sorted(check(local)) if check is not None else []
+    except (ValueError, RuntimeError, pickle.UnpicklingError):  # not a zip checkpoint (legacy format), unreadable
+        return []
 
 
 def unwrap_state_dict(obj, source: str = 'Checkpoint') -> dict[str, torch.Tensor]:
@@ -174,7 +191,7 @@ def split_backbone(state_dict: dict, prefix: str | None = None) -> tuple[dict, l
 
 # --- conversion (derived from the layout table) ------------------------------------------------------
 
-def _short(keys, limit: int = 8) -> str:
+def short_keys(keys, limit: int = 8) -> str:
     keys = list(keys)
     return ', '.join(keys[:limit]) + (f', ... ({len(keys)} in all)' if len(keys) > limit else '')
 
@@ -215,19 +232,6 @@ class Conversion:
     final_norm: dict = field(default_factory=dict)  # a classifier's final pooled norm {source key: tensor}, skipped
 
 
-def claim_final_norm(model, result: Conversion) -> None:
-    """``gap_before_final_norm`` mode: the classifier's final pooled norm loads into the model's last output norm
-    (``model.final_norm_name``) instead of being skipped; dense mode leaves it skipped."""
-    target = getattr(model, 'final_norm_name', None)
-    if not target or not result.final_norm:
-        return
-    for key, value in result.final_norm.items():
-        result.state_dict[f'{target}.{key.rsplit(".", 1)[1]}'] = value
-    result.skipped = [k for k in result.skipped if k not in result.final_norm]
-    print_log(f"ConvNeXt (gap_before_final_norm): the classifier's final norm {_short(result.final_norm)} "
-              f'loads into {target}', logger='current')
-
-
 def check_finite(tensors: dict, source: str = 'Checkpoint') -> None:
     """Refuse tensors holding NaN or Inf: the one finiteness check of every loading path (``init_cfg``, a whole
     model's ``load_from`` / ``load_checkpoint`` / ``load_state_dict``, ``tools/convert_checkpoint.py``), called by
@@ -242,8 +246,8 @@ def check_finite(tensors: dict, source: str = 'Checkpoint') -> None:
                 bad.append(f'{key} ({counts} of {value.numel()} values)')
     if bad:
         raise CheckpointError(
-            f'{source}: {len(bad)} backbone tensor(s) hold non-finite values: {_short(bad, 5)}. The file is corrupt '
-            'or was saved from a diverged run: re-download it, or pick an earlier checkpoint.')
+            f'{source}: {len(bad)} backbone tensor(s) hold non-finite values: {short_keys(bad, 5)}. The file is '
+            'corrupt or was saved from a diverged run: re-download it, or pick an earlier checkpoint.')
 
 
 def convert_state_dict(state_dict: dict, fmt: str | None = None, is_classifier: bool | None = None,
@@ -343,8 +347,7 @@ class Arch:
 
     @property
     def name(self) -> str | None:
-        from .convnext import ARCH_SETTINGS
-        return next((n for n, (d, c) in ARCH_SETTINGS.items() if d == self.depths and c == self.channels), None)
+        return arch_name(self.depths, self.channels)
 
     def __str__(self):
         version = 'ConvNeXt-V2 (GRN)' if self.use_grn else 'ConvNeXt V1'
@@ -369,141 +372,6 @@ def infer_arch(state_dict: dict) -> Arch:
     return Arch([blocks[s][0] for s in sorted(blocks)], [blocks[s][1] for s in sorted(blocks)],
                 use_grn=any('.grn.' in k for k in state_dict),
                 layer_scale=any(re.match(r'^stages\.\d+\.\d+\.gamma$', k) for k in state_dict))
-
-
-# --- loading into a model: the one path -------------------------------------------------------------
-
-@dataclass
-class _LoadContext:
-    source: str
-    outside: list
-    is_classifier: bool | None
-    key_prefix: str = ''  # what split_backbone stripped: keys are named as in the file
-    result: Conversion | None = None
-
-
-_CONTEXT: contextvars.ContextVar = contextvars.ContextVar('convnext_checkpoint_load', default=None)
-
-
-def _mmengine_loading_file() -> str | None:
-    """The file whose state dict is reaching the backbone, when mmengine is loading it: ``load_from`` and
-    ``resume`` (``Runner.load_checkpoint``), ``mmengine.runner.load_checkpoint`` (also mmdet's ``init_detector``
-    and mmseg's ``init_model``) and a whole model's ``init_cfg=dict(type='Pretrained')`` (``PretrainedInit``) pass
-    only the loaded dict to ``load_state_dict``; the file name is a local of those functions up the call stack,
-    read here (nothing in mmengine is patched). None when the state dict came from elsewhere."""
-    from mmengine.model.weight_init import PretrainedInit
-    from mmengine.runner import Runner
-    from mmengine.runner import checkpoint as mmengine_checkpoint
-    readers = {mmengine_checkpoint.load_checkpoint.__code__: lambda f: f.f_locals.get('filename'),
-               Runner.load_checkpoint.__code__: lambda f: f.f_locals.get('filename'),
-               PretrainedInit.__call__.__code__: lambda f: getattr(f.f_locals.get('self'), 'checkpoint', None)}
-    frame = sys._getframe(1)
-    while frame is not None:
-        reader = readers.get(frame.f_code)
-        if reader is not None:
-            name = reader(frame)
-            return name if isinstance(name, str) else None
-        frame = frame.f_back
-    return None
-
-
-def _describe(model) -> str:
-    return f'ConvNeXt(depths={model.depths}, channels={model.channels}, use_grn={model.use_grn})'
-
-
-def _fit(model, result: Conversion, prefix: str, source: str) -> dict:
-    """Check a converted state dict against ``model``: shapes (singleton dims adapted, e.g. 1x1 conv vs linear),
-    then missing and unexpected keys. Dense norms of stages the model does not output are skipped."""
-    expected = dict(model.named_parameters())
-    expected.update(model.named_buffers())
-    out = {}
-    for key, value in result.state_dict.items():
-        if key not in expected:
-            if re.match(r'^norm\d+\.', key):
-                result.skipped.append(key)  # a dense norm of a stage not in out_indices
-                continue
-            out[key] = value
-            continue
-        shape = expected[key].shape
-        if value.shape != shape:
-            if value.numel() == expected[key].numel() and [d for d in value.shape if d != 1] == \
-                    [d for d in shape if d != 1]:
-                value = value.reshape(shape)
-            else:
-                raise CheckpointError(
-                    f'{source}: tensor {prefix + key!r} has shape {tuple(value.shape)} but {_describe(model)} '
-                    f'expects {tuple(shape)}: the checkpoint was made for another architecture. Set the backbone '
-                    '`arch` (or depths/channels, use_grn) to match the checkpoint.')
-        out[key] = value
-    # Only the dense output norms may legitimately be absent; anything else means another variant.
-    missing = [k for k in expected if k not in out and not re.match(r'^norm\d+\.', k)]
-    unexpected = [k for k in out if k not in expected]
-    if missing or unexpected:
-        raise CheckpointError(
-            f'{source} ({result.format} layout) does not fit {_describe(model)}: missing {_short(missing) or "none"}; '
-            f'unexpected {_short(unexpected) or "none"}. Match the backbone to it: depths / arch for missing or '
-            'extra blocks; ConvNeXt-V2 weights need use_grn=True and layer_scale_init_value=0, V1 weights '
-            'use_grn=False and layer_scale_init_value > 0.')
-    return out
-
-
-def adapt_state_dict_in_place(model, state_dict: dict, prefix: str) -> None:
-    """The one loading path. Convert the keys under ``prefix`` of a state dict being loaded into ``model`` (a
-    ConvNeXt) to our layout, check them (values, shapes, missing, unexpected) and log what was found. Called by
-    the model's ``_load_from_state_dict``, so it applies to ``init_cfg`` (:func:`load_pretrained`), a whole
-    detector's ``load_from`` and ``load_state_dict`` alike."""
-    context = _CONTEXT.get()
-    keys = [k for k in state_dict if k.startswith(prefix)]
-    if not keys:
-        return
-    local = {k[len(prefix):]: state_dict[k] for k in keys}
-    if detect(local) is None:
-        if context is not None:
-            detect_format(local)  # raises: the file given in init_cfg is not a ConvNeXt checkpoint
-        return  # nothing ConvNeXt-like under this prefix: torch reports the keys as missing/unexpected
-    if context is not None:
-        name, key_prefix = context.source, context.key_prefix
-    else:
-        name, key_prefix = _mmengine_loading_file(), prefix
-    source = f'Checkpoint {name!r}' if name else 'The checkpoint being loaded'
-    result = convert_state_dict(local, is_classifier=context.is_classifier if context else None, source=source,
-                                key_prefix=key_prefix)
-    claim_final_norm(model, result)
-    if context is not None:
-        result.skipped = context.outside + result.skipped
-        context.result = result
-    fitted = _fit(model, result, prefix, source)
-    for k in keys:
-        del state_dict[k]
-    state_dict.update({prefix + k: v for k, v in fitted.items()})
-    missing = [k for k in list(dict(model.named_parameters())) if k not in fitted]
-    where = f' at {prefix!r}' if prefix else ''
-    lines = [f'Loaded {name or "a checkpoint"} into {_describe(model)}{where}: '
-             f'detected the {result.format} layout.']
-    if result.skipped:
-        lines.append(f'  skipped (classification-only or outside the backbone): {_short(result.skipped)}')
-    if result.dropped:
-        lines.append(f'  dropped (pretraining-only): {_short(result.dropped)}')
-    if result.aliases:
-        lines.append(f'  aliases (the same tensors as loaded ones): {_short(result.aliases)}')
-    if missing:
-        lines.append(f'  missing (kept their initialisation): {_short(missing)}')
-    print_log('\n'.join(lines), logger='current')
-
-
-def load_pretrained(model, checkpoint: str, prefix: str | None = None, map_location='cpu') -> Conversion:
-    """Load a checkpoint of any supported layout into a ConvNeXt backbone (``init_cfg`` ``Pretrained``): read it,
-    select the backbone's keys, and hand them to the one loading path. Returns the conversion (layout, skipped)."""
-    state_dict = unwrap_state_dict(read_checkpoint(checkpoint, map_location), f'Checkpoint {checkpoint!r}')
-    prefix = backbone_prefix(state_dict, prefix)
-    backbone, outside, has_head = split_backbone(state_dict, prefix)
-    context = _LoadContext(checkpoint, outside, has_head or None, prefix)
-    token = _CONTEXT.set(context)
-    try:
-        model.load_state_dict(backbone, strict=False)
-    finally:
-        _CONTEXT.reset(token)
-    return context.result
 
 
 # --- converting files (tools/convert_checkpoint.py) ------------------------------------------------------
@@ -559,7 +427,6 @@ def convert_file(src: str, dst: str, to: str = 'ours', prefix: str | None = None
     directory = os.path.dirname(os.path.abspath(dst))
     os.makedirs(directory, exist_ok=True)
     if dst.endswith('.safetensors'):
-        from safetensors.torch import save_file
         save_file({k: v.contiguous() for k, v in written.items()}, dst, metadata={'format': 'pt'})
     else:
         torch.save({'state_dict': written} if to == 'ours' else written, dst)
@@ -567,14 +434,13 @@ def convert_file(src: str, dst: str, to: str = 'ours', prefix: str | None = None
     out(f'arch: {arch}')
     if skipped:
         out(f'skipped {len(skipped)} (classification-only, outside the backbone, or no place in {to}): '
-            f'{_short(skipped, 10)}')
+            f'{short_keys(skipped, 10)}')
     if result.dropped:
-        out(f'dropped {len(result.dropped)} pretraining-only: {_short(result.dropped, 10)}')
+        out(f'dropped {len(result.dropped)} pretraining-only: {short_keys(result.dropped, 10)}')
     out(f'wrote {dst} ({to} layout, {len(written)} tensors)')
     return Conversion(written, to, skipped, result.dropped)
 
 
-__all__ = ['Arch', 'CheckpointError', 'Conversion', 'FORMATS', 'LAYOUTS', 'WRITE_TARGETS', 'adapt_state_dict_in_place',
-           'backbone_prefix', 'check_finite', 'convert_file', 'convert_from_ours', 'convert_key',
-           'convert_state_dict', 'detect_format', 'infer_arch', 'load_pretrained', 'read_checkpoint',
-           'split_backbone', 'unwrap_state_dict']
+__all__ = ['Arch', 'CheckpointError', 'Conversion', 'FORMATS', 'LAYOUTS', 'WRITE_TARGETS', 'backbone_prefix',
+           'check_finite', 'convert_file', 'convert_from_ours', 'convert_key', 'convert_state_dict', 'detect_format',
+           'infer_arch', 'read_checkpoint', 'short_keys', 'split_backbone', 'unwrap_state_dict']

@@ -21,6 +21,9 @@ from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor
 
+from .arch import is_int, is_real
+from .convnext import GRN, Block
+
 DECAY_TYPES = ('layer_wise', 'stage_wise')
 _NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm, nn.GroupNorm,
                nn.LayerNorm, nn.LocalResponseNorm)
@@ -44,7 +47,7 @@ def validate_num_layers(num_layers: int, depths, decay_type: str) -> None:
         raise ValueError(f'Layer decay is defined for the 4-stage ConvNeXt; this backbone has depths {depths}.')
     # layer_wise: downsample 2 has id 3 and stage 3 has num_layers; stage_wise: stage 3 has id 4 and the
     # rest num_layers + 1. Both need num_layers >= 3.
-    if not isinstance(num_layers, int) or num_layers < 3:
+    if not is_int(num_layers) or num_layers < 3:
         raise ValueError(f'num_layers={num_layers!r} is invalid for {decay_type} decay with depths {depths}: '
                          f'valid values are integers >= 3 (default {default_num_layers(depths)}); smaller ones '
                          'give parameters an lr scale above 1.0 or a non-monotonic schedule.')
@@ -80,7 +83,6 @@ def lr_scale(layer_id: int, num_layers: int, decay_rate: float) -> float:
 def no_weight_decay_names(model: nn.Module) -> set[str]:
     """Biases, parameters of normalisation layers, layer-scale ``gamma`` and GRN parameters, by module
     type and name rather than tensor shape (GRN tensors are (1, 1, 1, C))."""
-    from .convnext import GRN, Block
     names = set()
     for module_name, module in model.named_modules():
         prefix = f'{module_name}.' if module_name else ''
@@ -91,30 +93,47 @@ def no_weight_decay_names(model: nn.Module) -> set[str]:
     return names
 
 
+def check_paramwise_cfg(cfg: dict) -> None:
+    """One clear ``ValueError`` for any bad key or value of the constructor's ``paramwise_cfg`` (``num_layers``
+    is checked against the backbone's depths when the optimizer is built: :func:`validate_num_layers`)."""
+    name = 'ConvNeXtLayerDecayOptimizerConstructor'
+    unknown = set(cfg) - _PARAMWISE_KEYS
+    if unknown:
+        raise ValueError(f'{name}: unsupported paramwise_cfg keys {sorted(unknown)}; supported: '
+                         f'{sorted(_PARAMWISE_KEYS)} (use custom_keys with lr_mult / decay_mult for per-parameter '
+                         'tweaks).')
+    if 'decay_rate' not in cfg:
+        raise ValueError(f'{name} needs paramwise_cfg.decay_rate (e.g. 0.7 for layer_wise, 0.9 for stage_wise).')
+    if not is_real(cfg['decay_rate']) or not 0.0 < cfg['decay_rate'] <= 1.0:
+        raise ValueError(f'decay_rate must be in (0, 1] (a number), got {cfg["decay_rate"]!r}.')
+    _check_decay_type(cfg['decay_type'])
+    custom_keys = cfg.get('custom_keys', {})
+    if not isinstance(custom_keys, dict) or not all(
+            isinstance(key, str) and isinstance(value, dict) and not set(value) - {'lr_mult', 'decay_mult'}
+            and all(is_real(m) and m >= 0 for m in value.values()) for key, value in custom_keys.items()):
+        raise ValueError(f"{name}: custom_keys must map parameter-name substrings to dicts of 'lr_mult' / "
+                         "'decay_mult' numbers >= 0, e.g. dict(query_embed=dict(decay_mult=0.0)), "
+                         f'got {custom_keys!r}.')
+    if not isinstance(cfg.get('backbone_prefix', ''), str):
+        raise ValueError(f"{name}: backbone_prefix must be the backbone's attribute path, a str ('' for the model "
+                         f'itself), got {cfg["backbone_prefix"]!r}.')
+
+
 class ConvNeXtLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     """Optimizer-wrapper constructor giving each parameter ``lr * scale * lr_mult`` and its weight decay.
 
-    ``paramwise_cfg`` keys: ``decay_rate`` (required), ``decay_type`` ('layer_wise' | 'stage_wise'),
-    ``num_layers`` (default derived from the depths), ``custom_keys`` (mmengine semantics: the longest key
-    contained in a parameter name applies; its ``lr_mult`` / ``decay_mult`` multiply onto the decay scale),
-    ``backbone_prefix`` (attribute path of the ConvNeXt, default 'backbone'; '' when the model is the
-    backbone itself).
+    ``paramwise_cfg`` keys: ``decay_rate`` (required, in (0, 1]), ``decay_type`` ('layer_wise' | 'stage_wise'),
+    ``num_layers`` (an int >= 3; default derived from the depths), ``custom_keys`` (mmengine semantics: the longest
+    key contained in a parameter name applies; its ``lr_mult`` / ``decay_mult``, numbers >= 0, multiply onto the
+    decay scale), ``backbone_prefix`` (attribute path of the ConvNeXt, default 'backbone'; '' when the model is the
+    backbone itself). Every key is checked at construction (:func:`check_paramwise_cfg`), ``num_layers`` against
+    the backbone's depths when the optimizer is built.
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None):
         paramwise_cfg = dict(paramwise_cfg or {})
-        unknown = set(paramwise_cfg) - _PARAMWISE_KEYS
-        if unknown:
-            raise ValueError(f'ConvNeXtLayerDecayOptimizerConstructor: unsupported paramwise_cfg keys '
-                             f'{sorted(unknown)}; supported: {sorted(_PARAMWISE_KEYS)} (use custom_keys '
-                             'with lr_mult / decay_mult for per-parameter tweaks).')
-        if 'decay_rate' not in paramwise_cfg:
-            raise ValueError('ConvNeXtLayerDecayOptimizerConstructor needs paramwise_cfg.decay_rate '
-                             '(e.g. 0.7 for layer_wise, 0.9 for stage_wise).')
-        if not 0.0 < paramwise_cfg['decay_rate'] <= 1.0:
-            raise ValueError(f'decay_rate must be in (0, 1], got {paramwise_cfg["decay_rate"]}.')
         paramwise_cfg.setdefault('decay_type', 'layer_wise')
-        _check_decay_type(paramwise_cfg['decay_type'])
+        check_paramwise_cfg(paramwise_cfg)
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
 
     def __call__(self, model: nn.Module):

@@ -41,10 +41,11 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS as ROOT_CONSTRUCTORS
 from mmengine.registry import Registry
 
 from .compile_hook import CompileBackboneHook
-from .convnext import MMPRETRAIN_DEFAULTS, ConvNeXt, mmpretrain_defaults
+from .convnext import ConvNeXt
 from .crash_safe import CrashSafeCheckpointHook, CrashSafeHook, ResumableBatchSampler
 from .layer_decay import ConvNeXtLayerDecayOptimizerConstructor
 from .rng_state import RNGStateHook
+from .settings import MMPRETRAIN_DEFAULTS, mmpretrain_defaults
 
 SCOPE = 'convnext_backbone'
 MODELS = Registry('model', parent=ROOT_MODELS, scope=SCOPE)

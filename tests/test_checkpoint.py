@@ -249,6 +249,29 @@ def test_load_state_dict_converts_on_the_fly_inside_a_parent_module():
     assert (parent.backbone.eval()(x)[3] - ref(x)[3]).abs().max() < 1e-5
 
 
+def test_load_checkpoint_into_the_backbone_itself_unwraps_an_official_classifier(tmp_path):
+    """mmengine's load_checkpoint of an official classifier ({'model': ...}, which mmengine does not unwrap) into a
+    bare backbone: it lands, as through init_cfg."""
+    from mmengine.runner import load_checkpoint
+    ref = _official(identity_norms=True)
+    torch.save({'model': _official_classifier_state_dict(ref)}, tmp_path / 'official.pth')
+    ours = ConvNeXt('atto')
+    load_checkpoint(ours, str(tmp_path / 'official.pth'))
+    x = torch.randn(1, 3, 64, 64)
+    for a, b in zip(ours.eval()(x), ref(x)):
+        assert (a - b).abs().max() < 1e-5
+
+
+def test_a_parent_module_refuses_a_backbone_only_state_dict():
+    """torch's load_state_dict too (strict or not): the keys are the parent's to place, none is the backbone's.
+    (mmengine's Runner on our detector and segmentor configs: tests/test_load_from.py.)"""
+    parent = torch.nn.Module()
+    parent.backbone = ConvNeXt('atto')
+    for strict in (True, False):
+        with pytest.raises(CheckpointError, match=r"is a backbone checkpoint \(official layout.*init_cfg="):
+            parent.load_state_dict(_official().state_dict(), strict=strict)
+
+
 # --- errors --------------------------------------------------------------------------------------------
 
 def test_garbage_file_is_a_clear_error(tmp_path):
@@ -257,6 +280,21 @@ def test_garbage_file_is_a_clear_error(tmp_path):
         _pretrained(tmp_path / 'garbage.pth', arch='atto')
     with pytest.raises(CheckpointError, match='does not exist'):
         _pretrained(tmp_path / 'missing.pth', arch='atto')
+
+
+def test_truncated_files_are_told_by_their_structure(tmp_path):
+    """A .safetensors file whose tensors are cut off (its header intact) is told from the header's offsets; a
+    legacy (pre-zip) torch file cut off shows torch's own reason."""
+    save_file({'w': torch.zeros(1000)}, str(tmp_path / 'cut.safetensors'))
+    data = (tmp_path / 'cut.safetensors').read_bytes()
+    (tmp_path / 'cut.safetensors').write_bytes(data[:-100])
+    with pytest.raises(CheckpointError, match=r"cut.safetensors' is truncated or corrupt"):
+        _pretrained(tmp_path / 'cut.safetensors', arch='atto')
+    torch.save({'w': torch.zeros(1000)}, tmp_path / 'legacy.pth', _use_new_zipfile_serialization=False)
+    data = (tmp_path / 'legacy.pth').read_bytes()
+    (tmp_path / 'legacy.pth').write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"Cannot read checkpoint '.*legacy.pth': RuntimeError: "):
+        _pretrained(tmp_path / 'legacy.pth', arch='atto')
 
 
 def test_pickled_objects_are_refused(tmp_path):
@@ -351,28 +389,32 @@ def _detector_file(tmp_path, key=None, value=float('nan')):
 
 
 def _refusal(path, key=BAD_KEY, counts='3 NaN', total=4096):
-    return (f"Checkpoint '{re.escape(str(path))}': 1 backbone tensor\\(s\\) hold non-finite values: "
+    """The message; ``path`` None: a file mmengine read (its own log line names it), not ours."""
+    source = f"Checkpoint '{re.escape(str(path))}'" if path else 'The checkpoint being loaded'
+    return (f"{source}: 1 backbone tensor\\(s\\) hold non-finite values: "
             f'{re.escape(key)} \\({counts} of {total} values\\)\\. The file is corrupt or was saved from a '
             f'diverged run: {_FIX}')
 
 
 @pytest.mark.parametrize('value,counts', [(float('nan'), '3 NaN'), (float('-inf'), '3 Inf')])
-def test_load_checkpoint_refuses_non_finite_backbone_weights(tmp_path, value, counts):
-    """mmengine's load_checkpoint (a whole detector's checkpoint, as init_detector / tools/test.py load it)."""
+def test_load_checkpoint_refuses_non_finite_backbone_weights(tmp_path, value, counts, capsys):
+    """mmengine's load_checkpoint (a whole detector's checkpoint, as init_detector / tools/test.py load it): the file
+    is mmengine's to name (its line just before the error), ours to refuse."""
     from mmengine.runner import load_checkpoint
     path, _ = _detector_file(tmp_path, BAD_KEY, value)
     model = _Detector()
     before = model.backbone.stages[2][0].pwconv1.weight.detach().clone()
-    with pytest.raises(CheckpointError, match=_refusal(path, counts=counts)):
+    with pytest.raises(CheckpointError, match='^' + _refusal(None, counts=counts)):
         load_checkpoint(model, str(path))
     assert torch.equal(model.backbone.stages[2][0].pwconv1.weight, before)  # nothing half-loaded
+    assert f'Loads checkpoint by local backend from path: {path}' in capsys.readouterr().out
 
 
 def test_runner_load_from_refuses_non_finite_backbone_weights(tmp_path):
     from mmengine.runner import Runner
     path, _ = _detector_file(tmp_path, BAD_KEY)
     runner = Runner(model=_Detector(), work_dir=str(tmp_path / 'work'), load_from=str(path))
-    with pytest.raises(CheckpointError, match=_refusal(path)):
+    with pytest.raises(CheckpointError, match='^' + _refusal(None)):
         runner.load_or_resume()
 
 

@@ -295,6 +295,21 @@ def test_gap_before_final_norm_matches_mmpretrain_semantics():
     (dict(layer_scale_init_value=-1), 'layer_scale_init_value'),
     (dict(depths=[1, 1, 1, 1]), '`depths` and `dims` must be given together'),
     (dict(arch='tiny', stem_patch_sizee=4), 'unknown arguments'),
+    # every argument's type and range, checked where the arguments are resolved (settings.py), not in a forward
+    (dict(in_channels=0), r'in_channels \(the input image channels\) must be a positive int, got 0'),
+    (dict(in_chans=2.0), 'in_channels .* must be a positive int, got 2.0'),
+    (dict(with_cp='yes'), "with_cp must be True or False, got 'yes'"),
+    (dict(channels_last=None), 'channels_last must be True or False, got None'),
+    (dict(drop_path_rate='0.1'), r"drop_path_rate must be a number in \[0, 1\), got '0.1'"),
+    (dict(layer_scale_init_value=float('inf')), 'layer_scale_init_value must be a number >= 0'),
+    (dict(frozen_stages=True), r'frozen_stages must be an int in \[-1, 4\], got True'),
+    (dict(out_indices=(True, 2)), r'out_indices \[True, 2\] has True'),
+    (dict(arch=dict(depths=[1, 1, 1, 1.5], channels=[8, 8, 8, 8])), 'must be positive ints'),
+    (dict(arch=dict(depths='1111', channels='8888')), 'must be non-empty and of the same length'),
+    (dict(init_cfg='Pretrained'), "init_cfg must be a dict with a 'type' or a list of them"),
+    (dict(init_cfg=[dict(type='Pretrained', checkpoint='a.pth')] * 2), 'more than one Pretrained'),
+    (dict(pretrained=1), 'pretrained must be a checkpoint path or URL, got 1'),
+    (dict(pretrained='a.pth', init_cfg=dict(type='Pretrained', checkpoint='a.pth')), 'either `pretrained` or'),
 ])
 def test_bad_arguments_raise_clear_errors(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

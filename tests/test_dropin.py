@@ -99,3 +99,52 @@ def test_tools_name_the_missing_extra(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match=r"convnext_backbone\[seg\]"):
         require('mmseg', 'config x.py')
     assert require('mmengine', 'anything') is sys.modules['mmengine']
+
+
+def _package_imports():
+    """{module: (modules of the package it imports, those imported inside a function or class)} for the package's
+    top-level modules, read from their source."""
+    import ast
+    import glob
+    paths = {os.path.basename(p)[:-3]: p for p in glob.glob(os.path.join(ROOT, 'convnext_backbone', '*.py'))}
+    result = {}
+    for name, path in paths.items():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        top = {id(node) for stmt in tree.body for node in ast.walk(stmt)
+               if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        imported, lazy = set(), set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets = [node.module] if node.module else [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or '').startswith('convnext_backbone.'):
+                targets = [node.module.split('.')[1]]
+            elif isinstance(node, ast.Import):
+                targets = [a.name.split('.')[1] for a in node.names if a.name.startswith('convnext_backbone.')]
+            else:
+                continue
+            targets = {t.split('.')[0] for t in targets} & set(paths)
+            imported |= targets
+            if id(node) not in top:
+                lazy |= targets
+        result[name] = (imported - {'__init__'}, lazy)
+    return result
+
+
+def test_modules_import_one_way():
+    """No import circle, and no import of the package's own modules inside a function (the way to dodge one);
+    checkpoint files and layouts are read and converted without the model."""
+    graph = _package_imports()
+    assert {name: lazy for name, (_, lazy) in graph.items() if lazy} == {}
+
+    def reachable(name, path=()):
+        path = (*path, name)
+        for dep in graph[name][0]:
+            assert dep not in path, f'import circle: {" -> ".join((*path, dep))}'
+            yield dep
+            yield from reachable(dep, path)
+
+    for name in graph:
+        list(reachable(name))
+    assert not {'convnext', 'loading', 'settings'} & set(reachable('checkpoint'))
+    assert not {'convnext', 'loading'} & set(reachable('settings'))

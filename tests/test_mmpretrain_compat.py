@@ -11,7 +11,7 @@ from mmengine.runner import load_checkpoint
 from mmpretrain.models.backbones.convnext import ConvNeXt as MMPretrainConvNeXt
 from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
-import convnext_backbone.convnext as convnext_module
+import convnext_backbone.settings as settings_module
 from convnext_backbone import ConvNeXt, convert_from_ours, convert_state_dict, cpu_kernels
 from reference_convnext import randomize_
 
@@ -97,6 +97,23 @@ MMPRETRAIN_CASES = {
                         act_cfg=dict(type='ReLU'), linear_pw_conv=False, use_grn=True,
                         layer_scale_init_value=0.5, out_indices=(1, 3), gap_before_final_norm=True),
 }
+
+
+def test_mmpretrain_arguments_in_its_positional_order():
+    """mmpretrain's signature is ours up to its last argument (ours then adds timm's and the official names). The
+    defaults that read differently: the two ours are dense in (None, resolved by the scope), and None / NOT_GIVEN
+    for mmpretrain's norm, activation, layer scale and init (the same values: test_same_arguments_same_numbers)."""
+    import inspect
+    theirs = list(inspect.signature(MMPretrainConvNeXt).parameters.values())
+    ours = list(inspect.signature(ConvNeXt).parameters.values())
+    assert [p.name for p in ours[:len(theirs)]] == [p.name for p in theirs]
+    differ = {p.name for p, q in zip(ours, theirs) if p.default != q.default}
+    assert differ == {'out_indices', 'gap_before_final_norm', 'norm_cfg', 'act_cfg', 'layer_scale_init_value',
+                      'init_cfg'}
+    positional = ConvNeXt(TINY, 4, 2, None, None, False, True, 0.1, 0.0, (1, 3), 1, False, True)
+    assert (positional.in_channels, positional.strides[0], positional.linear_pw_conv, positional.use_grn) == (
+        4, 2, False, True)
+    assert (positional.out_indices, positional.frozen_stages, positional.with_cp) == ((1, 3), 1, True)
 
 
 @pytest.mark.parametrize('kwargs', list(MMPRETRAIN_CASES.values()), ids=list(MMPRETRAIN_CASES))
@@ -230,7 +247,7 @@ def mmpretrain_scope():
 def test_image_classifier_with_ours_gives_mmpretrain_logits(tmp_path, mmpretrain_scope, monkeypatch, mm_log):
     """An mmpretrain config that names ours (no out_indices / gap given: mmpretrain's defaults, logged once)
     and mmpretrain's classification checkpoint: mmpretrain's logits, loaded whole or through init_cfg."""
-    monkeypatch.setattr(convnext_module, '_logged_mmpretrain_defaults', False)
+    monkeypatch.setattr(settings_module, '_logged_mmpretrain_defaults', False)
     theirs = _classifier(dict(type='ConvNeXt', arch=TINY, use_grn=True, layer_scale_init_value=0.0))
     assert type(theirs.backbone) is MMPretrainConvNeXt
     randomize_(theirs)

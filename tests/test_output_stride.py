@@ -1,6 +1,6 @@
 """output_stride 16 / 8: timm's dilated ConvNeXt (same features with the same weights), the same parameters as the
-paper's network, the per-stage strides, the CPU kernels stepping aside for dilated blocks, with_cp, frozen
-stages, channels_last and layer decay at a dilated stride, and one clear error for every bad value.
+paper's network, the per-stage strides, the CPU kernels running dilated blocks (against the plain ops), with_cp,
+frozen stages, channels_last and layer decay at a dilated stride, and one clear error for every bad value.
 (Export at stride 8: tests/test_export.py; the DeepLabV3+ OS8 recipe: test_architectures / test_segmentation.)"""
 import re
 

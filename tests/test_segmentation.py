@@ -179,6 +179,7 @@ def test_recipe_beyond_the_paper_inherits_the_stock_one(name):
     assert custom_keys == {k: v for k, v in stock.optim_wrapper.paramwise_cfg.custom_keys.items() if k != 'backbone'}
     for c in (cfg, stock):
         c.model.pop('backbone'), c.optim_wrapper.pop('paramwise_cfg'), c.pop('custom_imports', None)
+        c.pop('convnext_t', None)  # the backbone our configs take (configs/_base_/models/convnext_t.py)
         c.pop('checkpoint_file', None)
     assert cfg.optim_wrapper.pop('constructor') == 'ConvNeXtLayerDecayOptimizerConstructor'
     cfg.model.decode_head.in_channels = stock.model.decode_head.in_channels
@@ -217,7 +218,7 @@ def test_dilated_recipe_inherits_the_stock_one(name):
         for key in ('in_channels', 'c1_in_channels'):
             c.model.decode_head.pop(key)
         c.model.auxiliary_head.pop('in_channels')
-        for key in ('optimizer', 'optim_wrapper', 'param_scheduler', 'custom_imports', 'checkpoint_file'):
+        for key in ('optimizer', 'optim_wrapper', 'param_scheduler', 'custom_imports', 'checkpoint_file', 'convnext_t'):
             c.pop(key, None)
     assert _without_scope(cfg.to_dict()) == _without_scope(stock.to_dict())
 

@@ -8,22 +8,17 @@
 # fp32) is 1.94 GiB per image, between the stock R-50-D8's 1.57 and R-101-D8's 2.37, which mmseg trains at these 4
 # images per GPU in 10.6 and 14.1 GB: about 12 GB estimated, a 16 GB GPU (docs/recipes.md). output_stride=16 halves
 # it (0.97 GiB per image, 59G FLOPs) where memory is short.
-_base_ = 'mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb4-80k_ade20k-512x512.py'
+_base_ = ['mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb4-80k_ade20k-512x512.py', '../_base_/models/convnext_t.py']
 custom_imports = dict(imports=['convnext_backbone'], allow_failed_imports=False)
-checkpoint_file = 'https://dl.fbaipublicfiles.com/convnext/convnext_tiny_1k_224.pth'
 model = dict(
     pretrained=None,  # the stock ResNet-50 checkpoint; ours is the backbone's init_cfg
     backbone=dict(
+        _base_.convnext_t,
         _delete_=True,
-        type='ConvNeXt',
-        arch='tiny',
-        out_indices=(0, 1, 2, 3),
         output_stride=8,
         # Half the paper's ADE20K schedule (160k x 16 images, drop path 0.4 for T): between that and the 0.2 our
         # DINO T recipe takes for a third of the 3x COCO schedule.
-        drop_path_rate=0.3,
-        layer_scale_init_value=1.0,
-        init_cfg=dict(type='Pretrained', checkpoint=checkpoint_file)),
+        drop_path_rate=0.3),
     # ASPP on stage 3 (in_index 3), its low-level branch on stage 0 (c1), the auxiliary FCN on stage 2 (in_index 2)
     decode_head=dict(in_channels=768, c1_in_channels=96),
     auxiliary_head=dict(in_channels=384))

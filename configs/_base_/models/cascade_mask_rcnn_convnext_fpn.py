@@ -1,15 +1,10 @@
-# Cascade Mask R-CNN + FPN with a ConvNeXt-T backbone and the paper's heads: 4conv1fc, SyncBN, GIoU loss.
-_base_ = 'mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py'
+# Cascade Mask R-CNN + FPN with the ConvNeXt-T backbone (convnext_t.py) and the paper's heads: 4conv1fc, SyncBN,
+# GIoU loss.
+_base_ = ['mmdet::_base_/models/cascade-mask-rcnn_r50_fpn.py', './convnext_t.py']
 custom_imports = dict(imports=['convnext_backbone'], allow_failed_imports=False)
 _stage_stds = [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]
 model = dict(
-    backbone=dict(
-        _delete_=True,
-        type='ConvNeXt',
-        arch='tiny',
-        out_indices=(0, 1, 2, 3),
-        drop_path_rate=0.4,
-        layer_scale_init_value=1.0),
+    backbone=dict(_base_.convnext_t, _delete_=True),
     neck=dict(in_channels=[96, 192, 384, 768]),
     roi_head=dict(bbox_head=[
         dict(
