@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 import re
 import sys
+import zipfile
 from dataclasses import dataclass, field
 
 import torch
@@ -136,13 +138,33 @@ def _safetensors_complete(local: str, size: int) -> bool:
 
 
 def _unsafe_globals(local: str) -> list:
-    """The globals a torch zip checkpoint's pickle names that the safe loader refuses (torch's own public check,
-    ``torch.serialization.get_unsafe_globals_in_checkpoint``, torch >= 2.5); [] where it cannot tell."""
+    """The globals a torch zip checkpoint's pickle names that the safe loader refuses: torch's own public check
+    (``torch.serialization.get_unsafe_globals_in_checkpoint``, torch >= 2.5), else (torch 2.1-2.4, called only after
+    the safe loader refused the file) the names its pickle refers to outside torch, ``collections`` and builtins,
+    read with ``pickletools`` (nothing is unpickled); [] where it cannot tell."""
     check = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
     try:
-        return sorted(check(local)) if check is not None else []
-    except (ValueError, RuntimeError, pickle.UnpicklingError):  # not a zip checkpoint (legacy format), unreadable
-        return []
+        if check is not None:
+            return sorted(check(local))
+        return sorted({name for name in _pickle_globals(local)
+                       if name.split('.')[0] not in ('torch', 'collections', 'builtins', '_codecs')})
+    except (ValueError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, StopIteration):
+        return []  # not a zip checkpoint (legacy format), unreadable
+
+
+def _pickle_globals(local: str) -> list:
+    """``module.name`` of every global a torch zip checkpoint's ``data.pkl`` refers to (``pickletools`` opcodes)."""
+    with zipfile.ZipFile(local) as archive:
+        data = archive.read(next(n for n in archive.namelist() if n.endswith('/data.pkl') or n == 'data.pkl'))
+    names, strings = [], []
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name == 'GLOBAL':
+            names.append(arg.replace(' ', '.'))
+        elif opcode.name in ('SHORT_BINUNICODE', 'BINUNICODE', 'UNICODE', 'BINUNICODE8'):
+            strings.append(arg)
+        elif opcode.name == 'STACK_GLOBAL' and len(strings) >= 2:
+            names.append(f'{strings[-2]}.{strings[-1]}')
+    return names
 
 
 def unwrap_state_dict(obj, source: str = 'Checkpoint') -> dict[str, torch.Tensor]:
