@@ -13,8 +13,8 @@ torch for an API that one of them lacks; each entry says which torch brought the
 - ``torch.onnx.export(dynamo=...)`` (torch 2.5; the dynamo exporter is the default from 2.9): :func:`onnx_export`
   always runs the TorchScript-based exporter.
 - ``torch.serialization.add_safe_globals`` (torch 2.4): where it is missing, safe loading (``weights_only=True``)
-  cannot be taught mmengine's checkpoint metadata; :func:`load_mmengine_checkpoint` then reads mmengine's own
-  checkpoints the way mmengine does on that torch.
+  cannot be taught mmengine's checkpoint metadata; :func:`convnext_backbone.safe_load.load_mmengine_checkpoint`
+  then reads mmengine's own checkpoints the way mmengine does on that torch.
 """
 from __future__ import annotations
 
@@ -77,22 +77,6 @@ def add_safe_globals(safe_globals: list) -> bool:
         safe_globals = [entry for entry in safe_globals if not isinstance(entry, tuple)]
     torch.serialization.add_safe_globals(safe_globals)
     return True
-
-
-def load_mmengine_checkpoint(path, **kwargs):
-    """``torch.load`` of a checkpoint that mmengine wrote (it pickles its MessageHub into ``meta``): safely
-    (``weights_only=True``, with :mod:`convnext_backbone.safe_load`'s allow-list) where torch can be taught those
-    classes, else as mmengine itself loads it on that torch (torch < 2.4: its default, a full unpickle of a
-    file from the run's own work_dir).
-
-    The allow-list is registered again for the call: onedl-mmengine loads inside
-    ``torch.serialization.safe_globals([HistoryBuffer, numpy types, ...])``, whose exit *removes* those entries from
-    the process-wide list, ours included (registering is a set union: nothing is removed or added twice)."""
-    if not HAS_SAFE_GLOBALS:
-        return torch.load(path, weights_only=False, **kwargs)
-    from .safe_load import MMENGINE_SAFE_GLOBALS
-    add_safe_globals(MMENGINE_SAFE_GLOBALS)
-    return torch.load(path, weights_only=True, **kwargs)
 
 
 class _AutogradOp:

@@ -19,7 +19,7 @@ from mmengine.hooks import CheckpointHook
 
 from test_detection import ROOT, _tiny_config, coco  # noqa: F401  (the synthetic data)
 
-from convnext_backbone import compat
+from convnext_backbone import safe_load
 from convnext_backbone.crash_safe import (PREEMPTED_EXIT_STATUS, TEST_KILL_ENV, CheckpointProblem,
                                           ResumeError, check_checkpoint, find_resume_checkpoint)
 from convnext_backbone.tools import train as train_tool
@@ -81,7 +81,7 @@ def _finish(config, work_dir):
 
 
 def _final_weights(work_dir):
-    return compat.load_mmengine_checkpoint(os.path.join(work_dir, f'epoch_{EPOCHS}.pth'), map_location='cpu')
+    return safe_load.load_mmengine_checkpoint(os.path.join(work_dir, f'epoch_{EPOCHS}.pth'), map_location='cpu')
 
 
 def _assert_same_weights(work_dir, reference):
@@ -312,7 +312,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(config, tmp_p
         train_tool.main([str(poisoned), '--work-dir', work_dir])
     assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(work_dir, '*.pth'))) == ['epoch_1.pth']
     assert open(os.path.join(work_dir, 'last_checkpoint')).read().endswith('epoch_1.pth')
-    checkpoint = compat.load_mmengine_checkpoint(os.path.join(work_dir, 'epoch_1.pth'))
+    checkpoint = safe_load.load_mmengine_checkpoint(os.path.join(work_dir, 'epoch_1.pth'))
     assert checkpoint['meta']['iter'] == ITERS_PER_EPOCH
     assert all(torch.isfinite(v).all() for v in checkpoint['state_dict'].values() if v.is_floating_point())
 

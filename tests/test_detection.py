@@ -12,7 +12,7 @@ import pytest
 import torch
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-from convnext_backbone import compat  # noqa: E402
+from convnext_backbone import safe_load  # noqa: E402
 from convnext_backbone.demo import coco as synthetic_coco  # noqa: E402
 from convnext_backbone.tools import test as test_tool  # noqa: E402
 from convnext_backbone.tools import train as train_tool  # noqa: E402
@@ -287,7 +287,7 @@ def test_resume_continues_exactly(tmp_path, trained):
     shutil.copytree(trained['interrupted'], interrupted)
     with open(os.path.join(interrupted, 'last_checkpoint'), 'w') as f:
         f.write(os.path.join(interrupted, 'epoch_1.pth'))
-    state = compat.load_mmengine_checkpoint(os.path.join(interrupted, 'epoch_1.pth'))  # safe loading where torch can
+    state = safe_load.load_mmengine_checkpoint(os.path.join(interrupted, 'epoch_1.pth'))  # safe loading where torch can
     assert state['meta']['iter'] == 4 and state['optimizer']['state'] and state['param_schedulers']
     # ...resumed from it
     runner = train_tool.main([cfg, '--work-dir', interrupted, '--resume'])

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import STACK
-from convnext_backbone import compat
+from convnext_backbone import compat, safe_load
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the distributions a user's stack consists of: installing this package must not move any of them
@@ -164,11 +164,11 @@ def test_mmengine_checkpoint_metadata_loads_with_weights_only(tmp_path):
     ckpt = {'meta': {'message_hub': hub.state_dict(), 'epoch': 1, 'seed': np.int64(3)},
             'state_dict': {'w': torch.ones(2)}, 'optimizer': {'state': {}, 'param_groups': []}}
     torch.save(ckpt, tmp_path / 'epoch_1.pth')
-    loaded = compat.load_mmengine_checkpoint(tmp_path / 'epoch_1.pth')
+    loaded = safe_load.load_mmengine_checkpoint(tmp_path / 'epoch_1.pth')
     buffer = loaded['meta']['message_hub']['log_scalars']['train/loss']
     assert isinstance(buffer, HistoryBuffer) and buffer.current() == 0.5
     if not compat.HAS_SAFE_GLOBALS:  # torch < 2.4: nothing to allow-list; mmengine loads as it does there
-        assert compat.load_mmengine_checkpoint(tmp_path / 'epoch_1.pth')['meta']['epoch'] == 1
+        assert safe_load.load_mmengine_checkpoint(tmp_path / 'epoch_1.pth')['meta']['epoch'] == 1
         return
     # ...and nothing else: arbitrary objects are still refused
     torch.save({'x': argparse.Namespace(a=1)}, tmp_path / 'evil.pth')
@@ -194,7 +194,7 @@ def test_mmengine_checkpoint_loads_after_a_safe_globals_scope_removed_our_entrie
         with torch.serialization.safe_globals([HistoryBuffer, np.ndarray, np.dtype]):
             pass
         assert HistoryBuffer not in torch.serialization.get_safe_globals()  # what the scope's exit does
-        loaded = compat.load_mmengine_checkpoint(tmp_path / 'ckpt.pth')
+        loaded = safe_load.load_mmengine_checkpoint(tmp_path / 'ckpt.pth')
         assert loaded['meta']['message_hub']['log_scalars']['train/loss'].current() == 0.25
     finally:
         compat.add_safe_globals(MMENGINE_SAFE_GLOBALS)
@@ -208,8 +208,8 @@ def test_mmengine_checkpoint_loads_in_a_fresh_process(tmp_path):
     hub = MessageHub.get_instance('test_fresh_process')
     hub.update_scalar('train/loss', 0.5)
     torch.save({'meta': {'message_hub': hub.state_dict()}, 'state_dict': {}}, tmp_path / 'ckpt.pth')
-    code = ('import torch, convnext_backbone; from convnext_backbone import compat; '
-            f'c = compat.load_mmengine_checkpoint({str(tmp_path / "ckpt.pth")!r}); '
+    code = ('import torch, convnext_backbone; from convnext_backbone import safe_load; '
+            f'c = safe_load.load_mmengine_checkpoint({str(tmp_path / "ckpt.pth")!r}); '
             "print(c['meta']['message_hub']['log_scalars']['train/loss'].current())")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip().endswith('0.5'), out.stderr[-2000:]
