@@ -227,19 +227,27 @@ def compare_detector(graph, session, image: torch.Tensor, repeat: int = 3, warmu
     """ONNX Runtime's detections matched one to one with mmdet's ``predict`` of the same model on ``image``
     (``export_detector.match_detections``), and both median latencies (s), interleaved."""
     feed = {INPUT: image.numpy()}
+    expected, got, torch_time, ort_time = _interleaved(lambda: mmdet_predict(graph.detector, image),
+                                                       lambda: session.run(None, feed), warmup, repeat)
+    if not graph.paste_masks:  # the RoI masks cannot be compared with mmdet's pasted ones
+        expected = (*expected[:3], None)
+    return match_detections(expected, got), torch_time, ort_time
+
+
+def _interleaved(run_torch, run_ort, warmup: int, repeat: int):
+    """PyTorch and ONNX Runtime alternately, ``warmup + repeat`` times: their last outputs and median seconds after
+    the warm-up."""
     torch_times, ort_times = [], []
     for i in range(warmup + repeat):
         start = time.perf_counter()
-        expected = mmdet_predict(graph.detector, image)
+        expected = run_torch()
         middle = time.perf_counter()
-        got = session.run(None, feed)
+        got = run_ort()
         end = time.perf_counter()
         if i >= warmup:
             torch_times.append(middle - start)
             ort_times.append(end - middle)
-    if not graph.paste_masks:  # the RoI masks cannot be compared with mmdet's pasted ones
-        expected = (*expected[:3], None)
-    return match_detections(expected, got), statistics.median(torch_times), statistics.median(ort_times)
+    return expected, got, statistics.median(torch_times), statistics.median(ort_times)
 
 
 def _flat(outputs):
@@ -249,17 +257,9 @@ def _flat(outputs):
 def compare(graph, session, image: torch.Tensor, repeat: int = 3, warmup: int = 1):
     """Largest absolute difference per output, and PyTorch / ONNX Runtime median latencies (s), interleaved."""
     feed = {'image': image.numpy()}
-    torch_times, ort_times = [], []
     with torch.no_grad():
-        for i in range(warmup + repeat):
-            start = time.perf_counter()
-            expected = _flat(graph(image))
-            middle = time.perf_counter()
-            got = session.run(None, feed)
-            end = time.perf_counter()
-            if i >= warmup:
-                torch_times.append(middle - start)
-                ort_times.append(end - middle)
+        expected, got, torch_time, ort_time = _interleaved(lambda: _flat(graph(image)),
+                                                           lambda: session.run(None, feed), warmup, repeat)
     if len(got) != len(expected):
         raise RuntimeError(f'ONNX Runtime returned {len(got)} outputs, PyTorch {len(expected)}.')
     diffs = []
@@ -267,7 +267,7 @@ def compare(graph, session, image: torch.Tensor, repeat: int = 3, warmup: int = 
         if tuple(a.shape) != b.shape:
             raise RuntimeError(f'ONNX Runtime output shape {b.shape} differs from PyTorch {tuple(a.shape)}.')
         diffs.append((a - torch.from_numpy(b)).abs().max().item())
-    return diffs, statistics.median(torch_times), statistics.median(ort_times)
+    return diffs, torch_time, ort_time
 
 
 def main(argv=None):
