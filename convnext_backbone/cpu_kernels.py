@@ -52,10 +52,25 @@ __all__ = ['applies', 'block_forward', 'plain_ops']
 
 
 def _onednn_linear_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise')
+    """Whether oneDNN's fused linear (a private op: no public API fuses the bias / GELU / residual add) exists and
+    computes what :func:`_onednn_linear` asks of it, tried once on a tiny input. Its arguments differ between
+    torches (torch 2.0 refuses the ``'none'`` post-op with "Fusion behavior undefined"): where the op is missing
+    or answers otherwise the kernels step aside and the blocks run their plain ops."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_linear_pointwise')):
+        return False
+    generator = torch.Generator().manual_seed(0)
+    x, weight, bias, other = (torch.randn(*shape, generator=generator) for shape in ((4, 8), (6, 8), (6,), (4, 6)))
+    expected = F.linear(x, weight, bias)
+    try:
+        with torch.no_grad():
+            return all(torch.allclose(out, ref, rtol=1e-4, atol=1e-4) for out, ref in (
+                (_onednn_linear(x, weight, bias), expected),
+                (_onednn_linear(x, weight, bias, 'gelu'), F.gelu(expected)),
+                (_onednn_linear(x, weight, bias, other=other), expected + other)))
+    except RuntimeError:
+        return False
 
 
-ONEDNN = _onednn_linear_available()
 _local = threading.local()
 
 
@@ -108,6 +123,9 @@ def _onednn_linear(x, weight, bias, post_op='none', other=None):
     if other is not None:
         return torch.ops.mkldnn._linear_pointwise.binary(x, other.contiguous(), weight, bias, 'add')
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, post_op, [], '' if post_op == 'none' else 'none')
+
+
+ONEDNN = _onednn_linear_available()
 
 
 def _linear_grads(grad, x, weight, needs):

@@ -60,12 +60,31 @@ def test_installing_this_package_moves_nothing_of_the_stack(tmp_path):
     assert not installs & USER_STACK
 
 
+def test_kernels_step_aside_where_the_onednn_linear_is_missing_or_answers_otherwise(monkeypatch):
+    """The import-time probe of oneDNN's fused linear is the gate of every kernel (torch 2.0.1's op refuses the
+    ``'none'`` post-op: there the blocks run their plain ops instead of failing in training)."""
+    from convnext_backbone import cpu_kernels
+    assert cpu_kernels._onednn_linear_available() is True
+
+    def refuses(*args, **kwargs):
+        raise RuntimeError('Fusion behavior undefined.')
+
+    monkeypatch.setattr(cpu_kernels, '_onednn_linear', refuses)
+    assert cpu_kernels._onednn_linear_available() is False
+    monkeypatch.setattr(cpu_kernels, '_onednn_linear', lambda x, weight, bias, post_op='none', other=None:
+                        F.linear(x, weight, bias))  # ignores the fused GELU / residual add
+    assert cpu_kernels._onednn_linear_available() is False
+    monkeypatch.setattr(cpu_kernels, 'ONEDNN', False)
+    x = torch.randn(1, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert not cpu_kernels.applies(x)
+
+
 def test_private_torch_internals_the_kernels_use_still_behave():
     """The CPU kernels call oneDNN's fused linear, ``torch.ops.mkldnn._linear_pointwise`` (no public API fuses the
     bias / GELU / residual add), and ask ``torch._C._len_torch_dispatch_stack`` whether a dispatch mode is active.
     FX symbolic tracing is asked of ``torch.fx._symbolic_trace``. All are private: this fails on the stack whose
-    torch changes them (the kernels check that the op exists and
-    step aside without it; a changed signature or result is caught here)."""
+    torch changes them (the kernels try the op once at import and step aside where it is missing or answers
+    otherwise, as torch 2.0's does: see the next test)."""
     from convnext_backbone import cpu_kernels
     assert cpu_kernels.ONEDNN, 'oneDNN fused linear missing: the CPU kernels would run as plain ops'
     assert torch._C._len_torch_dispatch_stack() == 0

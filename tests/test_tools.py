@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 
@@ -81,7 +82,7 @@ def test_benchmark_vs_timm_writes_json_and_the_stack_table_row(tmp_path):
     """The ours-vs-timm command of the docs' stack table: one process, the three scenarios (train 224, inference
     800x1216 and 512x512), ours, ours without the fused kernels and timm; JSON and Markdown written."""
     out = tmp_path / 'vs_timm.json'
-    stdout = _run('benchmark.py', '--vs-timm', '--arch', 'atto', '--warmup', '0', '--repeat', '1', '--threads', '1',
+    stdout = _run('benchmark.py', '--vs-timm', '--arch', 'atto', '--warmup', '0', '--repeat', '2', '--threads', '1',
                   '--impls', 'ours', 'ours_plain', 'timm', '--out', str(out))
     result = json.loads(out.read_text())
     assert [(r['scenario'], r['batch'], r['size']) for r in result['rows']] == [
@@ -91,16 +92,19 @@ def test_benchmark_vs_timm_writes_json_and_the_stack_table_row(tmp_path):
         for impl in ('ours', 'ours_plain'):
             assert row[f'{impl}/timm'] == pytest.approx(row['timm']['median'] / row[impl]['median'])
             assert row[impl]['min'] <= row[impl]['median']
+            assert row[f'{impl}/timm paired'] == pytest.approx(statistics.median(
+                t / o for t, o in zip(row['timm']['steps'], row[impl]['steps'])))
+            assert len(row[impl]['steps']) == 2
     env = result['env']
     assert env['torch'] == torch.__version__ and env['threads'] == 1 and env['cores'] == os.cpu_count()
     assert len(env['load']) == 3 and env['simd'] in ('AVX-512', 'AVX2', 'no AVX2') and env['date']
     markdown = (tmp_path / 'vs_timm.md').read_text()
     stack_row = markdown.strip().splitlines()[-1]
-    ratio = r'\d+\.\d\dx \(min \d+\.\d\dx\)'
+    ratio = r'\d+\.\d\dx \(paired \d+\.\d\dx, min \d+\.\d\dx\)'
     assert re.fullmatch(rf'\| torch {re.escape(torch.__version__)} \| timm \S+ \| train b8 224 {ratio}, '
                         rf'800x1216 {ratio}, 512x512 {ratio} \| .*1 threads, load .*\d{{4}}-\d\d-\d\d \|', stack_row)
     assert re.search(r'\| inference b1 512x512 \| [\d.]+ \([\d.]+\) \| [\d.]+ \([\d.]+\) \| [\d.]+ \([\d.]+\) \| '
-                     r'\d+\.\d\dx \| \d+\.\d\dx \|', markdown)
+                     r'\d+\.\d\dx \(paired \d+\.\d\dx\) \| \d+\.\d\dx \(paired \d+\.\d\dx\) \|', markdown)
     assert markdown.strip() in stdout
 
 

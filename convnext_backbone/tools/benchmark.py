@@ -137,7 +137,8 @@ def setup_step(impl, arch, mode, size, batch, step, dtype, device, compile_backe
 def interleave(runs: dict, warmup: int, repeat: int, log=None) -> dict:
     """Seconds per call of every ``run`` in ``runs``, called in turn, each round starting one further along (so no
     run always follows the same one); ``warmup`` rounds dropped. Median and min of each. ``log``: called with a
-    line after each round."""
+    line after each round. Also every kept step's seconds, in round order (``steps``: the rounds pair up across
+    runs)."""
     times = {name: [] for name in runs}
     names = list(runs)
     for i in range(warmup + repeat):
@@ -150,7 +151,7 @@ def interleave(runs: dict, warmup: int, repeat: int, log=None) -> dict:
         if log:
             log(f'round {i + 1}/{warmup + repeat}{" (warm-up)" if i < warmup else ""}: '
                 f'{time.perf_counter() - start_round:.1f} s')
-    return {name: dict(median=statistics.median(t), min=min(t)) for name, t in times.items()}
+    return {name: dict(median=statistics.median(t), min=min(t), steps=t) for name, t in times.items()}
 
 
 def time_backbones(arch, mode, size, batch, step, dtype, device, warmup, repeat, threads, modes=None,
@@ -306,6 +307,10 @@ def vs_timm(arch='tiny', device='cpu', warmup=2, repeat=10, threads=0, impls=('o
             if impl != 'timm':
                 row[f'{impl}/timm'] = times[name, 'timm']['median'] / times[name, impl]['median']
                 row[f'{impl}/timm min'] = times[name, 'timm']['min'] / times[name, impl]['min']
+                # round by round (the two steps ran within seconds of each other): robust to a host whose speed
+                # drifts over the run, which moves both medians apart
+                row[f'{impl}/timm paired'] = statistics.median(
+                    t / o for t, o in zip(times[name, 'timm']['steps'], times[name, impl]['steps']))
         rows.append(row)
     env['load_after'] = list(os.getloadavg())
     return dict(command='vs-timm', arch=arch, device=device, warmup=warmup, repeat=repeat, impls=list(impls),
@@ -324,10 +329,12 @@ def vs_timm_markdown(result: dict) -> str:
     for row in result['rows']:
         lines.append(f'| {row["scenario"]} | ' + ' | '.join(
             f'{row[i]["median"]:.3f} ({row[i]["min"]:.3f})' for i in result['impls']) + ' | ' + ' | '.join(
-            f'{row[f"{i}/timm"]:.2f}x' for i in impls) + ' |')
+            f'{row[f"{i}/timm"]:.2f}x (paired {row[f"{i}/timm paired"]:.2f}x)' for i in impls) + ' |')
     ratios = ', '.join(f'{r["scenario"].replace("inference b1 ", "")} {r["ours/timm"]:.2f}x '
-                       f'(min {r["ours/timm min"]:.2f}x)' for r in result['rows'] if 'ours/timm' in r)
-    lines += ['', 'stack-table row (ours / timm: ratio of the medians, of the fastest steps in brackets):', '',
+                       f'(paired {r["ours/timm paired"]:.2f}x, min {r["ours/timm min"]:.2f}x)'
+                       for r in result['rows'] if 'ours/timm' in r)
+    lines += ['', 'stack-table row (ours / timm: ratio of the medians; in brackets the median of the round-by-round '
+              'ratios and the ratio of the fastest steps):', '',
               f'| torch {env["torch"]} | timm {env["timm"]} | {ratios} | {host_line(env)} |']
     return '\n'.join(lines)
 
