@@ -108,6 +108,21 @@ def test_benchmark_vs_timm_writes_json_and_the_stack_table_row(tmp_path):
     assert markdown.strip() in stdout
 
 
+def test_benchmark_vs_timm_runs_a_subset_of_the_scenarios(tmp_path, monkeypatch):
+    """``--scenarios 512x512``: only that scenario is built and timed (the 512x512 row of the stack table, rerun
+    with more rounds)."""
+    built = []
+    setup_step = benchmark.setup_step
+    monkeypatch.setattr(benchmark, 'setup_step', lambda impl, arch, mode, size, *args, **kwargs: (
+        built.append((impl, tuple(size))), setup_step(impl, arch, mode, (64, 64), *args, **kwargs))[1])
+    result = benchmark.main(['vs-timm', '--arch', 'atto', '--scenarios', '512x512', '--warmup', '0', '--repeat', '1',
+                             '--threads', '1', '--out', str(tmp_path / 'vs.json')])
+    assert built == [('ours', (512, 512)), ('timm', (512, 512))]
+    assert [row['scenario'] for row in result['rows']] == ['inference b1 512x512']
+    assert (tmp_path / 'vs.md').read_text().strip().splitlines()[-1].startswith(
+        f'| torch {torch.__version__} | timm ')
+
+
 def test_ours_plain_runs_without_the_fused_kernels(monkeypatch):
     """``ours_plain`` (the torch-without-custom-ops alternative measured by --vs-timm) never calls the kernels."""
     from convnext_backbone import cpu_kernels

@@ -963,10 +963,12 @@ def _write(result: dict, text: str, out: str | None) -> None:
 
 
 def cmd_vs_timm(args):
-    print(f'ConvNeXt-{args.arch} eager, {" / ".join(args.impls)}: building 3 scenarios x {len(args.impls)} models, '
+    print(f'ConvNeXt-{args.arch} eager, {" / ".join(args.impls)}: building {len(args.scenarios)} scenarios x '
+          f'{len(args.impls)} models, '
           f'{args.warmup} + {args.repeat} interleaved rounds ...', flush=True)
+    scenarios = tuple(s for s in VS_TIMM_SCENARIOS if s[0].split()[-1] in args.scenarios)
     result = vs_timm(args.arch, args.device, args.warmup, args.repeat, args.threads, tuple(args.impls),
-                     log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                     scenarios=scenarios, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     _write(result, vs_timm_markdown(result), args.out)
     return result
 
@@ -1089,6 +1091,8 @@ def parse_args(argv=None):
     vt.add_argument('--arch', default='tiny')
     vt.add_argument('--impls', nargs='+', choices=IMPLS, default=['ours', 'timm'],
                     help='ours_plain: ours with the fused CPU kernels off')
+    vt.add_argument('--scenarios', nargs='+', choices=[s[0].split()[-1] for s in VS_TIMM_SCENARIOS],
+                    default=[s[0].split()[-1] for s in VS_TIMM_SCENARIOS], help='a subset of the three (default: all)')
     vt.add_argument('--out', help='write the JSON result here and the Markdown beside it (.md)')
     ck = sub.add_parser('check', parents=[device], help='the device run: correctness, speed, memory, models, compile')
     ck.add_argument('--smoke', action='store_true', help='tiny model and inputs, one repeat (CI, CPU)')
