@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from convnext_backbone import ConvNeXt, ConvNeXtLayerDecayOptimizerConstructor
-
-ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
+from helpers import ROOT
 
 # Runs in a fresh interpreter with the named packages made unimportable (None in sys.modules makes every
 # import of them raise ModuleNotFoundError): the plugin, the backbone and the constructor from mmengine's
