@@ -2,14 +2,13 @@
 paper's network, the per-stage strides, the CPU kernels running dilated blocks (against the plain ops), with_cp,
 frozen stages, channels_last and layer decay at a dilated stride, and one clear error for every bad value.
 (Export at stride 8: tests/test_export.py; the DeepLabV3+ OS8 recipe: test_architectures / test_segmentation.)"""
-import re
-
 import pytest
 import timm
 import torch
 
 from convnext_backbone import ConvNeXt, cpu_kernels
 from convnext_backbone.convnext import Block, PadConv2d
+from convnext_backbone.tools import benchmark
 from helpers import (DEEP, build_layer_decay, layer_norm_2d, lr_and_decay, official_convnext, outputs_and_grads,
                      pretrained, randomize_, weighted_loss)
 
@@ -22,11 +21,6 @@ STRIDES = {None: ((4, 2, 2, 2), (1, 1, 1, 1), [4, 8, 16, 32]),
 pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest.one_thread
 
 
-def _timm_layout(features_only_state_dict):
-    """timm's features_only model (FeatureListNet) names its modules stem_0, stages_1, ...: the timm layout."""
-    return {re.sub(r'^(stem|stages)_(\d+)\.', r'\1.\2.', k): v for k, v in features_only_state_dict.items()}
-
-
 @pytest.mark.parametrize('output_stride', [16, 8])
 @pytest.mark.parametrize('timm_name,arch,v2,size', [
     ('convnext_atto', 'atto', False, (64, 96)), ('convnextv2_atto', 'atto', True, (64, 96)),
@@ -36,7 +30,7 @@ def test_timm_features_at_output_stride(tmp_path, timm_name, arch, v2, size, out
     (ours through identity output norms) and the same strides."""
     reference = randomize_(timm.create_model(timm_name, pretrained=False, features_only=True,
                                              output_stride=output_stride)).eval()
-    torch.save(_timm_layout(reference.state_dict()), tmp_path / 'timm.pth')
+    torch.save(benchmark.timm_features_layout(reference.state_dict()), tmp_path / 'timm.pth')
     ours = pretrained(tmp_path / 'timm.pth', arch=arch, use_grn=v2, layer_scale_init_value=0 if v2 else 1e-6,
                        output_stride=output_stride)
     assert ours.out_strides == reference.feature_info.reduction() == STRIDES[output_stride][2]
