@@ -6,12 +6,13 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))  # reference_convnext and helpers
 
+from helpers import LONGEST_FIRST, SIZE, STACK  # noqa: E402
+
 # mmpretrain 1.2 is a test extra (the reference for its ConvNeXt and ImageClassifier), installed by
 # tools/install.sh into its own folder that only the tests put on sys.path. It imports its multimodal models
 # (BLIP, ...) whenever transformers is installed, and they do not import with transformers 5 (also a test
 # extra). The tests use only its vision models: tell it the multimodal extras are absent.
 # Only the pinned stack has it (the stack suites below do not use it).
-STACK = os.environ.get('CONVNEXT_STACK', 'pinned')
 if STACK == 'pinned':
     sys.path.insert(0, os.path.join(sys.prefix, 'test-extras'))
     import mmpretrain.utils.dependency  # noqa: E402
@@ -67,16 +68,6 @@ def _share_the_cores():
 
 _share_the_cores()
 
-# pytest-xdist (--dist loadfile) hands the files to its workers in collection order: the longest first, so that the
-# last file a worker starts is a short one and both workers finish together. Seconds per file under `make test` on an
-# idle 2-core host, Dec 3 2026 (the rest take under 10 s each): compile 241, compile_configs 227, crash_safe 160,
-# demo 140, tools 122, detection 75, segmentation 49, dropin 34, export 30, architectures 28, configs 22, old_scopes
-# 12. A wrong order costs time, never correctness.
-LONGEST_FIRST = ('test_compile.py', 'test_compile_configs.py', 'test_crash_safe.py', 'test_demo.py', 'test_tools.py',
-                 'test_detection.py', 'test_segmentation.py', 'test_dropin.py', 'test_export.py',
-                 'test_architectures.py', 'test_configs.py', 'test_old_scopes.py')
-
-
 def pytest_configure(config):
     # by default xdist re-sorts the files by their number of tests, which put the compile files (few tests, the
     # longest) last: one worker ran the final 150 s alone (10:56 -> 10:18 on 2 cores with this off)
@@ -129,6 +120,15 @@ def _restore_default_scope():
     DefaultScope._instance_dict = saved
     assert DefaultScope.get_current_instance() is current, \
         'mmengine no longer keeps its default scopes in DefaultScope._instance_dict: update this fixture'
+
+
+@pytest.fixture(scope='module')
+def coco(tmp_path_factory):
+    """A synthetic COCO set (8 training, 4 validation images of SIZE px) for the detection runs of a module."""
+    from convnext_backbone.demo import coco as synthetic_coco
+    root = str(tmp_path_factory.mktemp('shapes_coco'))
+    synthetic_coco.make_coco(root, num_train=8, num_val=4, size=SIZE)
+    return root
 
 
 @pytest.fixture(scope='module')

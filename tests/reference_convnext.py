@@ -93,21 +93,6 @@ class OfficialConvNeXt(nn.Module):
         return tuple(outs)
 
 
-def randomize_(model, seed=0):
-    """Give every parameter a non-trivial value (norm affine, layer scale and GRN included), at a scale that
-    keeps activations well-conditioned so float32 comparisons are meaningful."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2 and 'grn' not in name:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=gen) / fan_in ** 0.5)
-            else:
-                base = 1.0 if name.endswith('weight') and 'grn' not in name else 0.0
-                p.copy_(base + 0.2 * torch.randn(p.shape, generator=gen))
-    return model
-
-
 def official_stage_outputs(model, x):
     """The un-normalised output of every stage of an :class:`OfficialConvNeXt` (or DINOv3 ConvNeXt)."""
     outs = []

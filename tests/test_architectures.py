@@ -18,11 +18,8 @@ import torch
 
 from convnext_backbone import ConvNeXt
 from convnext_backbone.tools.common import adapt_to_machine, load_config
+from helpers import ROOT, SIZE, TINY
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-
-TINY = dict(depths=[1, 1, 1, 1], channels=[8, 16, 32, 64])
-SIZE = 64
 LAYER_WISE = dict(decay_rate=0.7, decay_type='layer_wise', num_layers=6)
 STAGE_WISE = dict(decay_rate=0.9, decay_type='stage_wise', num_layers=6)
 

@@ -5,20 +5,11 @@ import re
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from convnext_backbone import CheckpointError, ConvNeXt, convert_from_ours, convert_state_dict
 from convnext_backbone.checkpoint import convert_key, detect_format, split_backbone
-from reference_convnext import OfficialConvNeXt, randomize_
-
-ATTO = dict(depths=[2, 2, 6, 2], dims=[40, 80, 160, 320])
-
-
-def _pretrained(path, **kwargs):
-    model = ConvNeXt(init_cfg=dict(type='Pretrained', checkpoint=str(path)), **kwargs)
-    model.init_weights()
-    return model.eval()
+from helpers import ATTO, ROOT, TINY, layer_norm_2d, official_convnext, pretrained, randomize_
 
 
 def _timm_stage_features(model, x):
@@ -27,10 +18,6 @@ def _timm_stage_features(model, x):
         y = stage(y)
         feats.append(y)
     return feats
-
-
-def _layer_norm_2d(x):  # what our identity-initialised output norms compute
-    return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), eps=1e-6).permute(0, 3, 1, 2)
 
 
 # --- pure key conversion -----------------------------------------------------------------------------
@@ -87,13 +74,13 @@ def test_split_backbone_prefixes():
 def test_timm_weights_give_timm_features(tmp_path, timm_name, arch, v2, mm_log):
     reference = randomize_(timm.create_model(timm_name, pretrained=False)).eval()
     torch.save(reference.state_dict(), tmp_path / 'timm.pth')
-    ours = _pretrained(tmp_path / 'timm.pth', arch=arch, use_grn=v2, layer_scale_init_value=0 if v2 else 1e-6)
+    ours = pretrained(tmp_path / 'timm.pth', arch=arch, use_grn=v2, layer_scale_init_value=0 if v2 else 1e-6)
     x = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
         outs = ours(x)
         feats = _timm_stage_features(reference, x)
     for out, feat in zip(outs, feats):
-        assert (out - _layer_norm_2d(feat)).abs().max() < 1e-5
+        assert (out - layer_norm_2d(feat)).abs().max() < 1e-5
     log = '\n'.join(mm_log)
     assert 'detected the timm layout' in log
     assert 'skipped (classification-only or outside the backbone): head.norm.weight, head.norm.bias' in log
@@ -104,21 +91,21 @@ def test_timm_conv_mlp_variant_is_reshaped(tmp_path):
     reference = randomize_(timm.create_model('convnext_atto', pretrained=False, conv_mlp=True)).eval()
     assert reference.state_dict()['stages.0.blocks.0.mlp.fc1.weight'].ndim == 4
     torch.save(reference.state_dict(), tmp_path / 'timm.pth')
-    ours = _pretrained(tmp_path / 'timm.pth', arch='atto')
+    ours = pretrained(tmp_path / 'timm.pth', arch='atto')
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for out, feat in zip(ours(x), _timm_stage_features(reference, x)):
-            assert (out - _layer_norm_2d(feat)).abs().max() < 1e-5
+            assert (out - layer_norm_2d(feat)).abs().max() < 1e-5
 
 
 def test_timm_linear_mlp_variant(tmp_path):
     reference = randomize_(timm.create_model('convnext_atto', pretrained=False, conv_mlp=False)).eval()
     torch.save(reference.state_dict(), tmp_path / 'timm.pth')
-    ours = _pretrained(tmp_path / 'timm.pth', arch='atto')
+    ours = pretrained(tmp_path / 'timm.pth', arch='atto')
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         for out, feat in zip(ours(x), _timm_stage_features(reference, x)):
-            assert (out - _layer_norm_2d(feat)).abs().max() < 1e-5
+            assert (out - layer_norm_2d(feat)).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize('v2', [False, True])
@@ -133,7 +120,7 @@ def test_round_trip_ours_timm_ours(v2):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ours.norm0.reset_parameters()  # identity-initialised, as timm's features are compared un-normed
-        assert (ours(x)[0] - _layer_norm_2d(_timm_stage_features(reference.eval(), x)[0])).abs().max() < 1e-5
+        assert (ours(x)[0] - layer_norm_2d(_timm_stage_features(reference.eval(), x)[0])).abs().max() < 1e-5
     linear = convert_from_ours(ours.state_dict(), 'timm')
     assert linear.state_dict['stages.0.blocks.0.mlp.fc1.weight'].ndim == 2
     back = convert_state_dict(to_timm.state_dict)
@@ -146,7 +133,7 @@ def test_round_trip_ours_timm_ours(v2):
 # --- other layouts ---------------------------------------------------------------------------------
 
 def _official(v2=False, identity_norms=False):
-    model = randomize_(OfficialConvNeXt(**ATTO, use_grn=v2, layer_scale_init_value=0 if v2 else 1e-6)).eval()
+    model = randomize_(official_convnext(ATTO, use_grn=v2, layer_scale_init_value=0 if v2 else 1e-6)).eval()
     if identity_norms:  # as a classifier's weights give them: fresh output norms
         with torch.no_grad():
             for i in range(4):
@@ -166,7 +153,7 @@ def _official_classifier_state_dict(model):
 def test_official_classification_checkpoint(tmp_path, v2, mm_log):
     ref = _official(v2, identity_norms=True)
     torch.save({'model': _official_classifier_state_dict(ref)}, tmp_path / 'official.pth')
-    ours = _pretrained(tmp_path / 'official.pth', arch='atto', use_grn=v2, layer_scale_init_value=0 if v2 else 1e-6)
+    ours = pretrained(tmp_path / 'official.pth', arch='atto', use_grn=v2, layer_scale_init_value=0 if v2 else 1e-6)
     x = torch.randn(1, 3, 64, 64)
     for a, b in zip(ours(x), ref(x)):  # both output norms identity-initialised
         assert (a - b).abs().max() < 1e-5
@@ -193,7 +180,7 @@ def test_mmpretrain_classifier_checkpoint_skips_pooled_norm(tmp_path, v2, mm_log
     sd['backbone.norm3.weight'], sd['backbone.norm3.bias'] = torch.full((320,), 3.0), torch.ones(320)
     sd['head.fc.weight'], sd['head.fc.bias'] = torch.randn(1000, 320), torch.zeros(1000)
     torch.save({'state_dict': sd, 'meta': {'epoch': 300}}, tmp_path / 'mmpretrain.pth')
-    ours = _pretrained(tmp_path / 'mmpretrain.pth', arch='atto', use_grn=v2,
+    ours = pretrained(tmp_path / 'mmpretrain.pth', arch='atto', use_grn=v2,
                       layer_scale_init_value=0 if v2 else 1e-6)
     assert torch.all(ours.norm3.weight == 1)  # the classifier's pooled norm is not a dense output norm
     x = torch.randn(1, 3, 64, 64)
@@ -226,7 +213,7 @@ def test_official_finetuned_dense_checkpoint_and_safetensors(tmp_path):
     save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / 'upernet.safetensors'))
     x = torch.randn(1, 3, 64, 64)
     for name in ('upernet.pth', 'upernet.safetensors'):
-        ours = _pretrained(tmp_path / name, arch='atto', use_grn=True, layer_scale_init_value=0)
+        ours = pretrained(tmp_path / name, arch='atto', use_grn=True, layer_scale_init_value=0)
         for a, b in zip(ours(x), ref(x)):
             assert (a - b).abs().max() < 1e-5
 
@@ -234,7 +221,7 @@ def test_official_finetuned_dense_checkpoint_and_safetensors(tmp_path):
 def test_ddp_module_prefix_is_stripped(tmp_path):
     ref = _official()
     torch.save({'model': {'module.' + k: v for k, v in ref.state_dict().items()}}, tmp_path / 'ddp.pth')
-    ours = _pretrained(tmp_path / 'ddp.pth', arch='atto')
+    ours = pretrained(tmp_path / 'ddp.pth', arch='atto')
     x = torch.randn(1, 3, 64, 64)
     assert (ours(x)[2] - ref(x)[2]).abs().max() < 1e-5
 
@@ -277,9 +264,9 @@ def test_a_parent_module_refuses_a_backbone_only_state_dict():
 def test_garbage_file_is_a_clear_error(tmp_path):
     (tmp_path / 'garbage.pth').write_bytes(b'\x00\x13not a checkpoint' * 10)
     with pytest.raises(CheckpointError, match="Cannot read checkpoint .*garbage.pth.*weights_only=True"):
-        _pretrained(tmp_path / 'garbage.pth', arch='atto')
+        pretrained(tmp_path / 'garbage.pth', arch='atto')
     with pytest.raises(CheckpointError, match='does not exist'):
-        _pretrained(tmp_path / 'missing.pth', arch='atto')
+        pretrained(tmp_path / 'missing.pth', arch='atto')
 
 
 def test_truncated_files_are_told_by_their_structure(tmp_path):
@@ -289,12 +276,12 @@ def test_truncated_files_are_told_by_their_structure(tmp_path):
     data = (tmp_path / 'cut.safetensors').read_bytes()
     (tmp_path / 'cut.safetensors').write_bytes(data[:-100])
     with pytest.raises(CheckpointError, match=r"cut.safetensors' is truncated or corrupt"):
-        _pretrained(tmp_path / 'cut.safetensors', arch='atto')
+        pretrained(tmp_path / 'cut.safetensors', arch='atto')
     torch.save({'w': torch.zeros(1000)}, tmp_path / 'legacy.pth', _use_new_zipfile_serialization=False)
     data = (tmp_path / 'legacy.pth').read_bytes()
     (tmp_path / 'legacy.pth').write_bytes(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match=r"Cannot read checkpoint '.*legacy.pth': RuntimeError: "):
-        _pretrained(tmp_path / 'legacy.pth', arch='atto')
+        pretrained(tmp_path / 'legacy.pth', arch='atto')
 
 
 def test_pickled_objects_are_refused(tmp_path):
@@ -302,16 +289,16 @@ def test_pickled_objects_are_refused(tmp_path):
     torch.save({'state_dict': {'w': torch.zeros(1)}, 'evil': argparse.Namespace(a=1)}, tmp_path / 'obj.pth')
     with pytest.raises(CheckpointError,
                        match='obj.pth.*pickles an object of type argparse.Namespace.*weights_only=True'):
-        _pretrained(tmp_path / 'obj.pth', arch='atto')
+        pretrained(tmp_path / 'obj.pth', arch='atto')
 
 
 def test_non_convnext_checkpoint_is_a_clear_error(tmp_path):
     torch.save({'state_dict': {'conv1.weight': torch.zeros(64, 3, 7, 7)}}, tmp_path / 'resnet.pth')
     with pytest.raises(CheckpointError, match='Not a ConvNeXt checkpoint.*conv1.weight'):
-        _pretrained(tmp_path / 'resnet.pth', arch='atto')
+        pretrained(tmp_path / 'resnet.pth', arch='atto')
     torch.save({'meta': {'x': 1}}, tmp_path / 'empty.pth')
     with pytest.raises(CheckpointError, match='no state dict of tensors'):
-        _pretrained(tmp_path / 'empty.pth', arch='atto')
+        pretrained(tmp_path / 'empty.pth', arch='atto')
 
 
 def test_checkpoint_of_another_arch_names_key_and_shapes(tmp_path):
@@ -319,24 +306,24 @@ def test_checkpoint_of_another_arch_names_key_and_shapes(tmp_path):
     expected = re.escape("'downsample_layers.0.0.weight' has shape (40, 3, 4, 4) but ConvNeXt(depths=[2, 2, 6, 2], "
                          "channels=[48, 96, 192, 384], use_grn=False) expects (48, 3, 4, 4)")
     with pytest.raises(CheckpointError, match=expected + '.*Set the backbone `arch`'):
-        _pretrained(tmp_path / 'atto.pth', arch='femto')
+        pretrained(tmp_path / 'atto.pth', arch='femto')
 
 
 def test_checkpoint_of_another_variant_or_depth_is_an_error(tmp_path):
     torch.save(timm.create_model('convnextv2_atto').state_dict(), tmp_path / 'v2.pth')
     with pytest.raises(CheckpointError, match=r'missing stages.0.0.gamma.*unexpected stages.0.0.grn.gamma.*'
                                               r'V2 weights need use_grn=True and layer_scale_init_value=0'):
-        _pretrained(tmp_path / 'v2.pth', arch='atto')
+        pretrained(tmp_path / 'v2.pth', arch='atto')
     torch.save(timm.create_model('convnext_atto').state_dict(), tmp_path / 'atto.pth')
     with pytest.raises(CheckpointError, match=r'missing stages.2.6.gamma, stages.2.6.dwconv.weight'):
-        _pretrained(tmp_path / 'atto.pth', arch=dict(depths=[2, 2, 8, 2], channels=[40, 80, 160, 320]))
+        pretrained(tmp_path / 'atto.pth', arch=dict(depths=[2, 2, 8, 2], channels=[40, 80, 160, 320]))
 
 
 def _convert_tool():
     import importlib.util
     import os
-    spec = importlib.util.spec_from_file_location(
-        'convert_checkpoint', os.path.join(os.path.dirname(__file__), '..', 'tools', 'convert_checkpoint.py'))
+    spec = importlib.util.spec_from_file_location('convert_checkpoint',
+                                                  os.path.join(ROOT, 'tools', 'convert_checkpoint.py'))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     return tool
@@ -350,7 +337,7 @@ def test_convert_checkpoint_tool(tmp_path, capsys):
     tool.main([str(tmp_path / 'timm.pth'), str(tmp_path / 'ours.safetensors')])
     out = capsys.readouterr().out
     assert 'timm layout' in out and 'head.norm.weight' in out and "arch: atto (depths [2, 2, 6, 2]" in out
-    ours = _pretrained(tmp_path / 'ours.safetensors', arch='atto')
+    ours = pretrained(tmp_path / 'ours.safetensors', arch='atto')
     tool.main([str(tmp_path / 'ours.safetensors'), str(tmp_path / 'back.pth'), '--to', 'timm', '--conv-mlp'])
     back = torch.load(tmp_path / 'back.pth', weights_only=True)
     original = reference.state_dict()
@@ -364,7 +351,6 @@ def test_convert_checkpoint_tool(tmp_path, capsys):
 
 # --- non-finite weights: one check on every loading path, naming the file and the keys -----------------------
 
-TINY = dict(arch=dict(depths=[1, 1, 1, 1], channels=[8, 16, 32, 64]))
 BAD_KEY = 'backbone.stages.2.0.pwconv1.weight'  # (128, 32): 4096 values
 _FIX = 're-download it, or pick an earlier checkpoint'
 
@@ -374,7 +360,7 @@ class _Detector(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.backbone = ConvNeXt(**TINY)
+        self.backbone = ConvNeXt(TINY)
         self.head = torch.nn.Conv2d(64, 4, 1)
 
 
@@ -437,7 +423,7 @@ def test_load_checkpoint_clean_backbone_loads_and_the_head_is_not_ours_to_check(
 def test_init_cfg_and_convert_tool_refuse_non_finite_weights_with_the_same_message(tmp_path):
     path, _ = _detector_file(tmp_path, BAD_KEY, float('inf'))
     with pytest.raises(CheckpointError, match=_refusal(path, counts='3 Inf')):
-        _pretrained(path, **TINY)
+        pretrained(path, arch=TINY)
     with pytest.raises(SystemExit, match='error: ' + _refusal(path, counts='3 Inf')):
         _convert_tool().main([str(path), str(tmp_path / 'out.pth')])
     assert not (tmp_path / 'out.pth').exists()
@@ -445,9 +431,9 @@ def test_init_cfg_and_convert_tool_refuse_non_finite_weights_with_the_same_messa
 
 def test_non_finite_final_pooled_norm_is_refused_where_it_would_load(tmp_path):
     """gap_before_final_norm mode loads a classifier's final pooled norm into the last output norm: checked too."""
-    ref = OfficialConvNeXt(depths=[1, 1, 1, 1], dims=[8, 16, 32, 64], out_indices=())
+    ref = official_convnext(TINY, out_indices=())
     sd = dict(ref.state_dict(), **{'norm.weight': torch.full((64,), float('nan')), 'norm.bias': torch.zeros(64),
                                    'head.weight': torch.zeros(10, 64), 'head.bias': torch.zeros(10)})
     torch.save({'model': sd}, tmp_path / 'classifier.pth')
     with pytest.raises(CheckpointError, match=_refusal(tmp_path / 'classifier.pth', 'norm.weight', '64 NaN', 64)):
-        _pretrained(tmp_path / 'classifier.pth', out_indices=-1, gap_before_final_norm=True, **TINY)
+        pretrained(tmp_path / 'classifier.pth', out_indices=-1, gap_before_final_norm=True, arch=TINY)

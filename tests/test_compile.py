@@ -6,8 +6,6 @@ Plain ``torch.compile`` (default options): the first size compiles static, a sec
 shapes and that graph serves every later size. torch 2.14's inductor fails on dynamic training graphs that save
 permuted 4-D views for backward (pytorch/pytorch#185510); the model keeps such views out of compiled graphs, and
 the tests here fail without that. The compile configs: test_compile_configs.py."""
-import os
-
 import pytest
 import torch
 import torch._dynamo
@@ -16,30 +14,18 @@ from torch.profiler import ProfilerActivity, profile
 from convnext_backbone import ConvNeXt
 from convnext_backbone import cpu_kernels
 from convnext_backbone.cpu_kernels import ONEDNN, plain_ops
-from reference_convnext import randomize_
+from helpers import TWO_STAGES, assert_close, outputs_and_grads, randomize_
 
 pytestmark = pytest.mark.skipif(not ONEDNN, reason='this torch build has no oneDNN fused linear (no kernels)')
 
-TINY = dict(depths=[1, 1], channels=[8, 16])
-BLOCKS = sum(TINY['depths'])
+BLOCKS = sum(TWO_STAGES['depths'])
 DYNAMIC_SIZES = ((32, 48), (48, 32))  # see _dynamic_input
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _model(**kwargs):
     torch.manual_seed(0)
     # drop path 1e-9 is active (the unfused-residual path in every block but the first) yet keeps every path
-    return randomize_(ConvNeXt(TINY, out_indices=(0, 1), drop_path_rate=1e-9, **kwargs))
-
-
-def _step(model, x):
-    """One forward + backward; the outputs and gradients (by parameter name, without torch.compile's prefix)."""
-    outs = model(x)
-    loss = sum((o * (i + 1)).mean() for i, o in enumerate(outs))
-    model.zero_grad()
-    loss.backward()
-    return ([o.detach() for o in outs],
-            {n.removeprefix('_orig_mod.'): p.grad.clone() for n, p in model.named_parameters()})
+    return randomize_(ConvNeXt(TWO_STAGES, out_indices=(0, 1), drop_path_rate=1e-9, **kwargs))
 
 
 def _compile(model, **kwargs):
@@ -57,19 +43,15 @@ def _op_calls(fn):
     return result, {e.key: e.count for e in prof.key_averages() if e.key.startswith('convnext::')}
 
 
-def _assert_close(a, b, what):
-    assert (a - b).abs().max() <= 1e-4 * max(1.0, b.abs().max().item()), what
-
-
 @pytest.fixture(scope='module')
 def training():
     """A tiny backbone, its eager training step and the compiled one's (second call: after compiling)."""
     model = _model().train()
     x = torch.randn(2, 3, 32, 32)
-    eager = _step(model, x)
+    eager = outputs_and_grads(model, x)
     compiled = _compile(model)
-    _step(compiled, x)
-    result, calls = _op_calls(lambda: _step(compiled, x))
+    outputs_and_grads(compiled, x)
+    result, calls = _op_calls(lambda: outputs_and_grads(compiled, x))
     return dict(model=model, compiled=compiled, x=x, eager=eager, result=result, calls=calls)
 
 
@@ -82,10 +64,10 @@ def test_compiled_training_calls_the_kernels(training):
 def test_compiled_training_equals_eager(training):
     (outs_e, grads_e), (outs_c, grads_c) = training['eager'], training['result']
     for a, b in zip(outs_c, outs_e):
-        _assert_close(a, b, 'output')
+        assert_close(a, b, 'output')
     assert grads_c.keys() == grads_e.keys()
     for name, g in grads_e.items():
-        _assert_close(grads_c[name], g, name)
+        assert_close(grads_c[name], g, name)
 
 
 def test_no_graph_breaks_training_and_inference(training):
@@ -105,16 +87,16 @@ def _assert_trains_like_eager(model, compiled, size, calls=None, batch=1, dynami
     ``calls`` its custom-op calls are those; ``dynamic``: height and width dynamic from the first call. Returns
     the calls."""
     x = _dynamic_input(batch, size) if dynamic else torch.randn(batch, 3, *size)
-    outs_e, grads_e = _step(model, x)
-    _step(compiled, x)  # may (re)compile: outside the profiler, tracing would count fake calls
-    (outs_c, grads_c), counted = _op_calls(lambda: _step(compiled, x))
+    outs_e, grads_e = outputs_and_grads(model, x)
+    outputs_and_grads(compiled, x)  # may (re)compile: outside the profiler, tracing would count fake calls
+    (outs_c, grads_c), counted = _op_calls(lambda: outputs_and_grads(compiled, x))
     if calls is not None:
         assert counted == calls, size
     for a, b in zip(outs_c, outs_e):
-        _assert_close(a, b, f'output at {size}')
+        assert_close(a, b, f'output at {size}')
     assert grads_c.keys() == grads_e.keys()
     for name, g in grads_e.items():
-        _assert_close(grads_c[name], g, f'{name} at {size}')
+        assert_close(grads_c[name], g, f'{name} at {size}')
     return counted
 
 
@@ -159,7 +141,7 @@ def test_compiled_inference_calls_the_kernels_and_equals_eager(options):
             # the whole MLP (with the residual add) per block; the depthwise conv is inductor's (no grad)
             assert calls == {'convnext::mlp_inference': BLOCKS}
             for a, b in zip(outs, model(x)):
-                _assert_close(a, b, 'output')
+                assert_close(a, b, 'output')
 
 
 def test_compiled_with_cp_v2_trains_equal_to_eager():
@@ -184,7 +166,7 @@ def test_exporters_get_plain_ops():
     assert 'aten.linear.default' in targets or 'aten.addmm.default' in targets or 'aten.mm.default' in targets
     assert not any('convnext' in t for t in targets), targets
     for a, b in zip(exported.module()(x), model(x)):
-        _assert_close(a, b, 'export output')
+        assert_close(a, b, 'export output')
     with torch.no_grad():
         traced = torch.jit.trace(model, x)
     assert 'convnext::' not in str(traced.inlined_graph)

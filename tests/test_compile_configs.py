@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from convnext_backbone.cpu_kernels import ONEDNN
-from test_compile import ROOT, _assert_close
+from helpers import (ROOT, SIZE, TINY, assert_close, detection_batch, segmentation_batch, shrink_detector,
+                     shrink_segmentor)
 
 pytestmark = pytest.mark.skipif(not ONEDNN, reason='this torch build has no oneDNN fused linear (no kernels)')
 
@@ -35,11 +36,9 @@ def _train_and_infer(model, batch, optim_cfg):
 
 
 def _two_detection_images():
-    """Two 64x64 images, the segmentation batch's shape: the compiled backbone's graphs (train and eval) are then
+    """Two SIZE px images, the segmentation batch's shape: the compiled backbone's graphs (train and eval) are then
     the UperNet hook config's too (the same shrunk backbone), and inductor's cache compiles them once."""
-    import test_detection
-    import test_segmentation
-    batches = [test_detection._random_batch(test_segmentation.SIZE) for _ in range(2)]
+    batches = [detection_batch(SIZE) for _ in range(2)]
     return {key: batches[0][key] + batches[1][key] for key in ('inputs', 'data_samples')}
 
 
@@ -50,21 +49,17 @@ def test_compile_configs_train_and_infer_like_eager(name):
     Runner's own code) the whole ``train_step``; a training step (losses, updated weights) and inference equal
     the same model uncompiled."""
     from mmengine.runner import Runner
-    import test_detection
-    import test_segmentation
     from convnext_backbone.tools.common import adapt_to_machine, load_config, revert_sync_bn
     from mmengine.logging import MMLogger
     from mmengine.registry import HOOKS, MODELS, init_default_scope
     cfg = load_config(os.path.join(ROOT, 'configs', 'compile', name + '.py'))
     if cfg.default_scope == 'mmdet':
-        test_detection._shrink(cfg)
-        # one block a stage (as test_segmentation's): compiling, not depth, is what this test pays for
-        cfg.model.backbone.arch = dict(test_segmentation.TINY)
-        cfg.model.neck.in_channels = test_segmentation.TINY['channels']
+        # the segmentors' backbone (shrink_segmentor's TINY): inductor's cache compiles its graphs once for both
+        shrink_detector(cfg, TINY)
         make_batch = _two_detection_images
     else:
-        test_segmentation.shrink(cfg)
-        make_batch = test_segmentation.random_batch
+        shrink_segmentor(cfg)
+        make_batch = segmentation_batch
     adapt_to_machine(cfg)
     revert_sync_bn(cfg.model)
     init_default_scope(cfg.default_scope)
@@ -93,12 +88,12 @@ def test_compile_configs_train_and_infer_like_eager(name):
     with torch.no_grad():
         data = compiled.data_preprocessor(copy.deepcopy(batch), False)
         for a, b in zip(compiled.eval().extract_feat(data['inputs']), feats_before):
-            _assert_close(a, b, 'features before the step')
+            assert_close(a, b, 'features before the step')
     logs_c, feats_c, preds_c = _train_and_infer(compiled, batch, cfg.optim_wrapper)
     assert logs_e.keys() == logs_c.keys()
     for key, value in logs_e.items():
         assert torch.isfinite(torch.as_tensor(value)).all(), key
-        _assert_close(torch.as_tensor(logs_c[key]), torch.as_tensor(value), key)
+        assert_close(torch.as_tensor(logs_c[key]), torch.as_tensor(value), key)
     for a, b in zip(feats_c, feats_e):
         # AdamW's first step moves every weight by about +-lr whatever its gradient's size: float rounding that
         # flips a near-zero gradient's sign moves the weight 2 lr the other way (lr 1e-4 here)
@@ -106,7 +101,7 @@ def test_compile_configs_train_and_infer_like_eager(name):
         assert (a - b).abs().max() <= 2e-3 * max(1.0, b.abs().max().item()), 'features after the step'
     if cfg.default_scope == 'mmseg':
         for a, b in zip(preds_c, preds_e):
-            _assert_close(a.seg_logits.data, b.seg_logits.data, 'seg logits')
+            assert_close(a.seg_logits.data, b.seg_logits.data, 'seg logits')
     else:
         for a in preds_c:
             assert torch.isfinite(a.pred_instances.bboxes).all() and torch.isfinite(a.pred_instances.scores).all()

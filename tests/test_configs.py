@@ -8,7 +8,8 @@ import os
 import pytest
 from mmengine.config import Config, ConfigDict
 
-ROOT = os.path.join(os.path.dirname(__file__), '..')
+from helpers import ROOT
+
 CONFIGS = sorted(f for f in glob.glob(os.path.join(ROOT, 'configs', '*', '*.py')) if '_base_' not in f)
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', '**', '*.py'), recursive=True))
 

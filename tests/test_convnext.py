@@ -7,9 +7,8 @@ import torch.nn.functional as F
 from convnext_backbone import ARCH_SETTINGS, ConvNeXt, compat
 from convnext_backbone.convnext import Block
 from convnext_backbone.cpu_kernels import ONEDNN as _ONEDNN
-from reference_convnext import OfficialConvNeXt, randomize_
-
-TINY = dict(depths=[1, 2, 2, 1], channels=[8, 16, 24, 32])
+from helpers import DEEP, TINY, autograd_nodes, official_convnext, outputs_and_grads, randomize_
+from reference_convnext import OfficialConvNeXt
 
 
 @pytest.mark.parametrize('arch', list(ARCH_SETTINGS))
@@ -43,8 +42,8 @@ def test_real_forward_odd_size_and_out_indices():
 
 
 def test_official_argument_names():
-    model = ConvNeXt(in_chans=4, depths=[1, 1, 1, 1], dims=[8, 16, 32, 64], out_indices=[0, 1, 2, 3])
-    assert model.in_channels == 4 and model.depths == [1, 1, 1, 1] and model.channels == [8, 16, 32, 64]
+    model = ConvNeXt(in_chans=4, depths=TINY['depths'], dims=TINY['channels'], out_indices=[0, 1, 2, 3])
+    assert model.in_channels == 4 and model.depths == TINY['depths'] and model.channels == TINY['channels']
     assert model(torch.randn(1, 4, 64, 64))[3].shape == (1, 64, 2, 2)
 
 
@@ -114,11 +113,13 @@ def test_fused_training_path_equals_plain_ops_with_active_drop_path(ls):
     plain-op gradients; drop_path_rate 1e-9 is active but keeps every path."""
     from convnext_backbone.cpu_kernels import plain_ops
     torch.manual_seed(0)
-    model = randomize_(ConvNeXt(TINY, drop_path_rate=1e-9, layer_scale_init_value=ls)).train()
+    model = randomize_(ConvNeXt(DEEP, drop_path_rate=1e-9, layer_scale_init_value=ls)).train()
     x = torch.randn(2, 3, 64, 64)
-    outs_fast, grads_fast = _grads(model, x, seed=1)
+    torch.manual_seed(1)
+    outs_fast, grads_fast = outputs_and_grads(model, x)
     with plain_ops():
-        outs_plain, grads_plain = _grads(model, x, seed=1)
+        torch.manual_seed(1)
+        outs_plain, grads_plain = outputs_and_grads(model, x)
     for a, b in zip(outs_fast, outs_plain):
         assert (a - b).abs().max() < 1e-5
     for name, g in grads_plain.items():
@@ -132,24 +133,14 @@ _DWCONV_NODE, _MLP_NODE, _LINEAR_NODE = (
     for op in ('dwconv', 'mlp', 'linear'))
 
 
-def _autograd_nodes(tensor):
-    seen, stack = set(), [tensor.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is not None and node not in seen:
-            seen.add(node)
-            stack.extend(next_node for next_node, _ in node.next_functions)
-    return {type(node).__name__ for node in seen}
-
-
 @pytest.mark.skipif(not _ONEDNN, reason="this torch build has no oneDNN fused linear")
 def test_cpu_training_takes_the_fused_autograd_nodes():
     """On CPU float32 a training step runs the depthwise conv and the whole MLP through our own autograd
     nodes (faster weight gradient; one buffer fewer); GRN blocks and no-grad forwards keep the other paths."""
-    model = ConvNeXt(TINY, drop_path_rate=0.2).train()
-    nodes = _autograd_nodes(model(torch.randn(1, 3, 64, 64))[3])
+    model = ConvNeXt(DEEP, drop_path_rate=0.2).train()
+    nodes = autograd_nodes(model(torch.randn(1, 3, 64, 64))[3])
     assert {_DWCONV_NODE, _MLP_NODE} <= nodes
-    nodes = _autograd_nodes(ConvNeXt(TINY, use_grn=True, layer_scale_init_value=0.0)(torch.randn(1, 3, 64, 64))[3])
+    nodes = autograd_nodes(ConvNeXt(DEEP, use_grn=True, layer_scale_init_value=0.0)(torch.randn(1, 3, 64, 64))[3])
     assert _MLP_NODE not in nodes and _LINEAR_NODE in nodes
 
 
@@ -178,32 +169,25 @@ def test_inference_fast_path_equals_official(use_grn, ls, monkeypatch):
 
 def test_training_path_with_active_drop_path_matches_reference_when_paths_are_kept():
     torch.manual_seed(0)
-    ours = randomize_(ConvNeXt(TINY, drop_path_rate=1e-9)).train()  # active drop path, keeps every path
-    ref = OfficialConvNeXt(depths=TINY['depths'], dims=TINY['channels'])
+    ours = randomize_(ConvNeXt(DEEP, drop_path_rate=1e-9)).train()  # active drop path, keeps every path
+    ref = official_convnext(DEEP)
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(2, 3, 64, 64)
     for a, b in zip(ref(x), ours(x)):
         assert (a - b).abs().max() < 1e-5
 
 
-def _grads(model, x, seed):
-    torch.manual_seed(seed)
-    outs = model(x)
-    loss = sum((o * (i + 1)).mean() for i, o in enumerate(outs))
-    model.zero_grad()
-    loss.backward()
-    return [o.detach() for o in outs], {n: p.grad.clone() for n, p in model.named_parameters()}
-
-
 def test_with_cp_and_channels_last_match_eager_including_drop_path():
     torch.manual_seed(0)
-    eager = randomize_(ConvNeXt(TINY, drop_path_rate=0.3)).train()
+    eager = randomize_(ConvNeXt(DEEP, drop_path_rate=0.3)).train()
     x = torch.randn(2, 3, 64, 64)
-    outs_e, grads_e = _grads(eager, x, seed=1)
+    torch.manual_seed(1)
+    outs_e, grads_e = outputs_and_grads(eager, x)
     for kwargs in (dict(with_cp=True), dict(channels_last=True), dict(with_cp=True, channels_last=True)):
-        other = ConvNeXt(TINY, drop_path_rate=0.3, **kwargs).train()
+        other = ConvNeXt(DEEP, drop_path_rate=0.3, **kwargs).train()
         other.load_state_dict(eager.state_dict())
-        outs_o, grads_o = _grads(other, x, seed=1)  # same seed: same drop-path masks
+        torch.manual_seed(1)  # the same drop-path masks
+        outs_o, grads_o = outputs_and_grads(other, x)
         for a, b in zip(outs_e, outs_o):
             assert torch.allclose(a, b, atol=1e-6), kwargs
         for name in grads_e:
@@ -219,7 +203,7 @@ def test_with_cp_really_recomputes_blocks_in_backward(monkeypatch):
     counts = {}
     for with_cp in (False, True):
         calls.clear()
-        model = ConvNeXt(TINY, with_cp=with_cp).train()
+        model = ConvNeXt(DEEP, with_cp=with_cp).train()
         model(torch.randn(1, 3, 64, 64))[3].sum().backward()
         counts[with_cp] = len(calls)
     # 6 blocks; checkpointed ones run again during backward: all but the last stage's (one block here)
@@ -233,7 +217,7 @@ def test_drop_path_linear_schedule():
 
 
 def test_drop_path_is_active_in_training_only():
-    model = ConvNeXt(TINY, drop_path_rate=0.5)
+    model = ConvNeXt(DEEP, drop_path_rate=0.5)
     x = torch.randn(2, 3, 64, 64)
     model.eval()
     assert torch.equal(model(x)[3], model(x)[3])
@@ -245,15 +229,15 @@ def test_drop_path_is_active_in_training_only():
 
 
 def test_layer_scale_and_grn_parameters():
-    model = ConvNeXt(TINY, layer_scale_init_value=0.5)
+    model = ConvNeXt(DEEP, layer_scale_init_value=0.5)
     assert torch.all(model.stages[0][0].gamma == 0.5)
-    v2 = ConvNeXt(TINY, layer_scale_init_value=0, use_grn=True)
+    v2 = ConvNeXt(DEEP, layer_scale_init_value=0, use_grn=True)
     block = v2.stages[1][0]
     assert block.gamma is None and block.grn.gamma.shape == (1, 1, 1, 4 * 16)
 
 
 def test_frozen_stages_stay_frozen_after_train():
-    model = ConvNeXt(TINY, frozen_stages=2, drop_path_rate=0.2)
+    model = ConvNeXt(DEEP, frozen_stages=2, drop_path_rate=0.2)
     model.train()
     for i in range(4):
         frozen = i < 2
@@ -271,10 +255,10 @@ def test_frozen_stages_stay_frozen_after_train():
 
 
 def test_gap_before_final_norm_matches_mmpretrain_semantics():
-    model = ConvNeXt(TINY, gap_before_final_norm=True, out_indices=3).eval()
+    model = ConvNeXt(DEEP, gap_before_final_norm=True, out_indices=3).eval()
     x = torch.randn(2, 3, 64, 64)
     pooled = model(x)[0]
-    dense = ConvNeXt(TINY, out_indices=3).eval()
+    dense = ConvNeXt(DEEP, out_indices=3).eval()
     dense.load_state_dict(model.state_dict())
     with torch.no_grad():
         feat = dense.stages[3](dense.downsample_layers[3](dense.stages[2](dense.downsample_layers[2](
@@ -330,6 +314,6 @@ def test_cpu_autocast_training_skips_the_float32_kernels():
     x = torch.randn(2, 8, 16, 16).contiguous(memory_format=torch.channels_last).requires_grad_()
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = block(x)
-    assert not {_DWCONV_NODE, _MLP_NODE} & _autograd_nodes(out)
+    assert not {_DWCONV_NODE, _MLP_NODE} & autograd_nodes(out)
     out.float().sum().backward()
     assert x.grad is not None and block.dwconv.weight.grad is not None and block.pwconv1.weight.grad is not None

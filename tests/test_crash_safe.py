@@ -17,13 +17,12 @@ import pytest
 import torch
 from mmengine.hooks import CheckpointHook
 
-from test_detection import ROOT, _tiny_config, coco  # noqa: F401  (the synthetic data)
-
 from convnext_backbone import safe_load
 from convnext_backbone.crash_safe import (PREEMPTED_EXIT_STATUS, TEST_KILL_ENV, CheckpointProblem,
                                           ResumeError, check_checkpoint, find_resume_checkpoint)
 from convnext_backbone.tools import train as train_tool
 from convnext_backbone.tools.common import adapt_to_machine, unique_visualizer
+from helpers import ROOT, tiny_detection_config
 
 TRAIN = os.path.join(ROOT, 'tools', 'train.py')
 EPOCHS, ITERS_PER_EPOCH = 3, 4  # 8 images, batch 2
@@ -34,11 +33,11 @@ pytestmark = pytest.mark.usefixtures('one_thread')  # the in-process runs: see c
 
 
 @pytest.fixture(scope='module')
-def config(tmp_path_factory, coco):  # noqa: F811
-    """test_detection's tiny Mask R-CNN (16-channel neck and heads, 64 px): 3 epochs of 4 iterations, drop path
-    on (the RNG state must carry over), one checkpoint kept (max_keep_ckpts=1)."""
+def config(tmp_path_factory, coco):
+    """The detection tests' tiny Mask R-CNN (16-channel neck and heads, 64 px) on conftest's synthetic COCO set: 3
+    epochs of 4 iterations, drop path on (the RNG state must carry over), one checkpoint kept (max_keep_ckpts=1)."""
     directory = tmp_path_factory.mktemp('crash_cfg')
-    _tiny_config(directory, coco, epochs=EPOCHS, drop_path=0.1)
+    tiny_detection_config(directory, coco, epochs=EPOCHS, drop_path=0.1)
     path = directory / 'crash.py'
     path.write_text("""_base_ = './tiny.py'
 default_hooks = dict(checkpoint=dict(max_keep_ckpts=1))

@@ -16,8 +16,7 @@ from convnext_backbone.demo import coco as synthetic_coco
 from convnext_backbone.demo import detection as demo
 from convnext_backbone.demo import pretrain as pretrain_shapes
 from convnext_backbone.demo import segmentation as demo_seg
-
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
+from helpers import PRETRAIN, ROOT
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest.one_thread
@@ -68,15 +67,12 @@ def test_object_crops_are_centred_single_shapes_of_every_class():
     assert x.shape == (5, 3, 64, 64) and x.dtype == torch.float32 and y.shape == (5,)
 
 
-SMALL_ARCH = dict(depths=[1, 1, 1, 1], channels=[16, 32, 64, 128])  # half the time of the demo's arch
-
-
 def test_pretraining_learns_and_saves_the_official_format(tmp_path):
     """300 steps on fresh crops take the classifier well above chance (1/3); 0.66 measured here with one block
     a stage (the demo's arch: 0.68; its 1000 steps: 0.82). Fewer steps or smaller batches stay at chance: the
     task takes off after ~150 steps. The demo's own arch is pretrained by the demo pipelines below."""
     path = str(tmp_path / 'pretrained.pth')
-    result = pretrain_shapes.pretrain(path, arch=SMALL_ARCH, steps=300, batch=32, lr=1e-3, log_interval=1000)
+    result = pretrain_shapes.pretrain(path, arch=PRETRAIN, steps=300, batch=32, lr=1e-3, log_interval=1000)
     assert result['accuracy'] >= 0.5, result
     state = torch.load(path, map_location='cpu', weights_only=True)['model']
     assert detect_format(state) == 'official'
@@ -84,7 +80,7 @@ def test_pretraining_learns_and_saves_the_official_format(tmp_path):
     assert not any(k.startswith('norm3.') for k in state)
     # loaded through init_cfg like the released ImageNet weights: every block loads, and in pooled
     # (classification) mode the pooled `norm` loads into the last output norm (dense models skip it)
-    model = ConvNeXt(SMALL_ARCH, out_indices=(-1,), gap_before_final_norm=True,
+    model = ConvNeXt(PRETRAIN, out_indices=(-1,), gap_before_final_norm=True,
                      init_cfg=dict(type='Pretrained', checkpoint=path))
     model.init_weights()
     assert torch.equal(model.norm3.weight, state['norm.weight']) and torch.equal(model.norm3.bias, state['norm.bias'])

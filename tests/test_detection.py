@@ -6,63 +6,22 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-from convnext_backbone import safe_load  # noqa: E402
-from convnext_backbone.demo import coco as synthetic_coco  # noqa: E402
-from convnext_backbone.tools import test as test_tool  # noqa: E402
-from convnext_backbone.tools import train as train_tool  # noqa: E402
-from convnext_backbone.tools.common import adapt_to_machine, load_config, revert_sync_bn  # noqa: E402
+from convnext_backbone import safe_load
+from convnext_backbone.tools import test as test_tool
+from convnext_backbone.tools import train as train_tool
+from convnext_backbone.tools.common import adapt_to_machine, load_config, revert_sync_bn
+from helpers import (ROOT, SIZE, SMALL, detection_batch, official_convnext, randomize_, shrink_detector,
+                     shrink_detector_heads, tiny_detection_config, without_scope)
 
 ALL_CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'detection', '*.py')))
-SMALL = dict(depths=[1, 1, 1, 1], channels=[16, 32, 48, 64])
 URL = 'https://dl.fbaipublicfiles.com/convnext/'
-SIZE = 64  # image size of the synthetic data and the tiny configs
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest.one_thread
-
-
-def _random_batch(size=128, num_classes=80):
-    from mmdet.structures import DetDataSample
-    from mmdet.structures.mask import BitmapMasks
-    from mmengine.structures import InstanceData
-    sample = DetDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size), pad_shape=(size, size),
-                                         scale_factor=(1.0, 1.0), batch_input_shape=(size, size)))
-    boxes = torch.tensor([[10.0, 12.0, 70.0, 60.0], [40.0, 50.0, 120.0, 118.0]]) * (size / 128)
-    masks = torch.zeros(2, size, size, dtype=torch.uint8)
-    for i, (x1, y1, x2, y2) in enumerate(boxes.int().tolist()):
-        masks[i, y1:y2, x1:x2] = 1
-    sample.gt_instances = InstanceData(bboxes=boxes, labels=torch.tensor([1, num_classes - 1]),
-                                       masks=BitmapMasks(masks.numpy(), size, size))
-    return dict(inputs=[torch.randint(0, 256, (3, size, size), dtype=torch.uint8)], data_samples=[sample])
-
-
-def _shrink(cfg):
-    cfg.model.backbone.arch = SMALL
-    cfg.model.backbone.pop('init_cfg', None)
-    cfg.model.neck.in_channels = SMALL['channels']
-
-
-def _shrink_heads(cfg):
-    """16-channel FPN, RPN and RoI heads (one mask conv), fewer proposals and sampled RoIs: what the train-step
-    tests prove is the config's structure (detector, heads, losses, optimizer), not its width."""
-    model = cfg.model
-    model.neck.out_channels = 16
-    model.rpn_head.update(in_channels=16, feat_channels=16)
-    roi = model.roi_head
-    roi.bbox_roi_extractor.out_channels = roi.mask_roi_extractor.out_channels = 16
-    for head in roi.bbox_head if isinstance(roi.bbox_head, list) else [roi.bbox_head]:
-        head.update(in_channels=16, fc_out_channels=32, **({'conv_out_channels': 16}
-                                                            if head.get('num_shared_convs') else {}))
-    roi.mask_head.update(in_channels=16, conv_out_channels=16, num_convs=1)
-    model.train_cfg.rpn_proposal.update(nms_pre=200, max_per_img=100)
-    for rcnn in model.train_cfg.rcnn if isinstance(model.train_cfg.rcnn, list) else [model.train_cfg.rcnn]:
-        rcnn.sampler.num = 64
 
 
 def _one_train_step(cfg):
@@ -76,7 +35,7 @@ def _one_train_step(cfg):
     model.init_weights()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     before = model.backbone.stages[3][0].pwconv1.weight.detach().clone()
-    log_vars = model.train_step(_random_batch(SIZE), optim_wrapper)
+    log_vars = model.train_step(detection_batch(SIZE), optim_wrapper)
     assert math.isfinite(float(log_vars['loss'])) and float(log_vars['loss']) > 0
     assert {'loss_rpn_cls', 'loss_mask'} <= {k.split('.')[-1] for k in log_vars} | set(log_vars)
     assert not torch.equal(before, model.backbone.stages[3][0].pwconv1.weight)
@@ -114,8 +73,8 @@ RECIPES = {
 @pytest.mark.parametrize('name', sorted(PAPER))
 def test_config_builds_and_trains_one_step(name):
     cfg = load_config(os.path.join(ROOT, 'configs', 'detection', name + '.py'))
-    _shrink(cfg)
-    _shrink_heads(cfg)
+    shrink_detector(cfg)
+    shrink_detector_heads(cfg)
     _one_train_step(cfg)
 
 
@@ -152,16 +111,7 @@ def test_recipe_beyond_the_paper_inherits_the_stock_one(name):
         c.model.pop('backbone'), c.optim_wrapper.pop('paramwise_cfg'), c.pop('custom_imports', None)
         c.pop('convnext_t', None)  # the backbone our configs take (configs/_base_/models/convnext_t.py)
     assert cfg.optim_wrapper.pop('constructor') == 'ConvNeXtLayerDecayOptimizerConstructor'
-    assert _without_scope(cfg.to_dict()) == _without_scope(stock.to_dict())
-
-
-def _without_scope(cfg):
-    """A config as plain data, without the '_scope_' keys mmengine adds to dicts inherited across packages."""
-    if isinstance(cfg, dict):
-        return {k: _without_scope(v) for k, v in cfg.items() if k != '_scope_'}
-    if isinstance(cfg, (list, tuple)):
-        return [_without_scope(v) for v in cfg]
-    return cfg
+    assert without_scope(cfg.to_dict()) == without_scope(stock.to_dict())
 
 
 @pytest.mark.parametrize('name', sorted(PAPER))
@@ -202,51 +152,6 @@ def test_paper_hyperparameters(name):
 
 # --- end to end on synthetic data ----------------------------------------------------------------------
 
-@pytest.fixture(scope='module')
-def coco(tmp_path_factory):
-    root = str(tmp_path_factory.mktemp('shapes_coco'))
-    synthetic_coco.make_coco(root, num_train=8, num_val=4, size=SIZE)
-    return root
-
-
-def _tiny_config(tmp_path, coco, base='mask_rcnn_convnext_t_3x.py', epochs=1, drop_path=0.1):
-    """A config file inheriting a shipped one: small backbone, 16-channel neck and heads (as _shrink_heads), 64 px,
-    3 classes, CPU-sized loaders."""
-    base = os.path.join(ROOT, 'configs', 'detection', base)
-    path = tmp_path / 'tiny.py'
-    pipeline = ("[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True, with_mask=True),"
-                f" dict(type='Resize', scale=({SIZE}, {SIZE}), keep_ratio=True), dict(type='RandomFlip', prob=0.5),"
-                " dict(type='PackDetInputs')]")
-    test_pipeline = (f"[dict(type='LoadImageFromFile'), dict(type='Resize', scale=({SIZE}, {SIZE}), "
-                     "keep_ratio=True),"
-                     " dict(type='LoadAnnotations', with_bbox=True, with_mask=True), dict(type='PackDetInputs',"
-                     " meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))]")
-    path.write_text(f'''
-_base_ = {base!r}
-model = dict(backbone=dict(arch=dict(_delete_=True, **{SMALL!r}), drop_path_rate={drop_path}, init_cfg=None),
-             neck=dict(in_channels={SMALL['channels']!r}, out_channels=16),
-             rpn_head=dict(in_channels=16, feat_channels=16),
-             roi_head=dict(bbox_roi_extractor=dict(out_channels=16), mask_roi_extractor=dict(out_channels=16),
-                           bbox_head=dict(num_classes=3, in_channels=16, fc_out_channels=32),
-                           mask_head=dict(num_classes=3, in_channels=16, conv_out_channels=16, num_convs=1)),
-             train_cfg=dict(rpn_proposal=dict(nms_pre=200, max_per_img=100), rcnn=dict(sampler=dict(num=64))))
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(pipeline={pipeline}))
-val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline={test_pipeline}))
-test_dataloader = val_dataloader
-train_cfg = dict(max_epochs={epochs}, val_interval=100)
-param_scheduler = [dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=3),
-                   dict(type='MultiStepLR', begin=0, end={epochs}, by_epoch=True, milestones=[1], gamma=0.5)]
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1))
-randomness = dict(seed=0)
-''')
-    cfg = load_config(str(path))
-    cfg.merge_from_dict({k: v for k, v in synthetic_coco.dataset_cfg_options(coco, SIZE).items()
-                         if not k.startswith('model.')})
-    cfg.dump(str(path))  # one self-contained file for the tools
-    return str(path)
-
-
 def _losses(work_dir):
     logs = sorted(glob.glob(os.path.join(work_dir, '*', 'vis_data', 'scalars.json')))
     rows = [json.loads(line) for log in logs for line in open(log)]
@@ -259,7 +164,7 @@ def trained(tmp_path_factory, coco):
     stopped after its first epoch's checkpoint (train_cfg.max_epochs=1): the end-to-end test evaluates that
     checkpoint, the resume test continues it."""
     directory = tmp_path_factory.mktemp('trained')
-    cfg = _tiny_config(directory, coco, epochs=2, drop_path=0.2)
+    cfg = tiny_detection_config(directory, coco, epochs=2, drop_path=0.2)
     straight, interrupted = str(directory / 'straight'), str(directory / 'interrupted')
     train_tool.main([cfg, '--work-dir', straight])
     train_tool.main([cfg, '--work-dir', interrupted, '--cfg-options', 'train_cfg.max_epochs=1'])
@@ -300,7 +205,7 @@ def test_resume_continues_exactly(tmp_path, trained):
 
 
 def test_dist_train_two_cpu_processes(tmp_path, coco):
-    cfg = _tiny_config(tmp_path, coco)
+    cfg = tiny_detection_config(tmp_path, coco)
     work_dir = str(tmp_path / 'dist')
     env = dict(os.environ, PORT='29531', OMP_NUM_THREADS='1')
     # with activation checkpointing, whose backward-time recomputation DDP must cope with
@@ -323,7 +228,7 @@ def test_stock_mmdet_convnext_configs_run_with_our_backbone(name):
     cfg.pop('custom_imports')
     cfg.model.backbone.type = 'ConvNeXt'  # the only change a user makes
     cfg.model.backbone.pop('init_cfg')  # no downloads in tests
-    _shrink_heads(cfg)
+    shrink_detector_heads(cfg)
     _one_train_step(cfg)
 
 
@@ -332,12 +237,11 @@ def test_official_finetuned_checkpoint_loads_into_our_detector(tmp_path):
     from mmdet.registry import MODELS
     from mmengine.registry import init_default_scope
     from mmengine.runner import load_checkpoint
-    from reference_convnext import OfficialConvNeXt, randomize_
     init_default_scope('mmdet')
     cfg = load_config(os.path.join(ROOT, 'configs', 'detection', 'mask_rcnn_convnext_t_3x.py'))
-    _shrink(cfg)
+    shrink_detector(cfg)
     model = MODELS.build(cfg.model)
-    official = randomize_(OfficialConvNeXt(depths=SMALL['depths'], dims=SMALL['channels']))
+    official = randomize_(official_convnext(SMALL))
     heads = {k: torch.randn_like(v) for k, v in model.state_dict().items() if not k.startswith('backbone.')}
     backbone = {'backbone.' + k: v for k, v in official.state_dict().items()}
     torch.save({'state_dict': {**backbone, **heads}, 'meta': {'mmdet_version': '2.25.0', 'CLASSES': ['a'] * 80}},

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from convnext_backbone import ConvNeXt, ConvNeXtLayerDecayOptimizerConstructor
-
-ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
+from helpers import ROOT
 
 # Runs in a fresh interpreter with the named packages made unimportable (None in sys.modules makes every
 # import of them raise ModuleNotFoundError): the plugin, the backbone and the constructor from mmengine's
@@ -148,3 +147,29 @@ def test_modules_import_one_way():
         list(reachable(name))
     assert not {'convnext', 'loading', 'settings'} & set(reachable('checkpoint'))
     assert not {'convnext', 'loading'} & set(reachable('settings'))
+
+
+def test_test_modules_import_no_other_test_module():
+    """The tests share code through tests/helpers.py (and the reference network, tests/reference_convnext.py) and
+    fixtures through conftest.py: no test module imports another, or conftest, at its top or inside a function."""
+    import ast
+    import glob
+    paths = sorted(glob.glob(os.path.join(ROOT, 'tests', 'test_*.py')))
+    forbidden = {os.path.basename(p)[:-3] for p in paths} | {'conftest'}
+    found = []
+    for path in paths:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or '']
+            elif (isinstance(node, ast.Call) and getattr(node.func, 'id', getattr(node.func, 'attr', None)) in (
+                    '__import__', 'import_module') and node.args and isinstance(node.args[0], ast.Constant)):
+                names = [str(node.args[0].value)]
+            else:
+                continue
+            found += [f'{os.path.basename(path)}:{node.lineno} imports {name}' for name in names
+                      if name.split('.')[0] in forbidden]
+    assert found == [], 'move what they share into tests/helpers.py (fixtures: conftest.py)'

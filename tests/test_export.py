@@ -25,11 +25,9 @@ from convnext_backbone import ConvNeXt, compat, cpu_kernels
 from convnext_backbone.convnext import GRN, LayerNorm2d
 from convnext_backbone.tools import export as export_tool
 from convnext_backbone.tools.common import build_model_from_config, dummy_batch, load_config
-from reference_convnext import OfficialConvNeXt, OfficialGRN, OfficialLayerNorm, randomize_
+from helpers import ROOT, TINY, official_convnext, randomize_, shrink_detector, shrink_detector_heads
+from reference_convnext import OfficialConvNeXt, OfficialGRN, OfficialLayerNorm
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-TINY = dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32])
 NUM_BLOCKS = sum(TINY['depths'])
 EXPORT_INPUT = (2, 3, 64, 64)
 SECOND_INPUT = (1, 3, 96, 160)  # another batch, height and width: exercises the dynamic shapes
@@ -46,8 +44,7 @@ def tiny(version: str, **kwargs) -> ConvNeXt:
 
 def official(version: str) -> OfficialConvNeXt:
     v2 = version == 'v2'
-    return OfficialConvNeXt(depths=TINY['depths'], dims=TINY['channels'], use_grn=v2,
-                            layer_scale_init_value=0.0 if v2 else 1e-6)
+    return official_convnext(TINY, use_grn=v2, layer_scale_init_value=0.0 if v2 else 1e-6)
 
 
 @pytest.fixture(scope='module', params=['v1', 'v2'])
@@ -283,13 +280,12 @@ def test_export_tool_segmentor_whole_image_to_logits(tmp_path, capsys):
 # --- whole two-stage detectors: tools/export.py vs mmdet's predict -------------------------------------------
 
 def two_stage_config(tmp_path, base, **rcnn_test_cfg):
-    """A shipped detection config shrunk as tests/test_detection.py shrinks it (tiny backbone, 16-channel heads,
-    the config's own test_cfg: 1000 proposals, 80 classes), with ``rcnn_test_cfg`` overrides and RoI levels
-    mapped from a finer scale (8 px, not 56)."""
-    from test_detection import _shrink, _shrink_heads
+    """A shipped detection config shrunk as the detection tests shrink it (SMALL backbone, 16-channel heads, the
+    config's own test_cfg: 1000 proposals, 80 classes), with ``rcnn_test_cfg`` overrides and RoI levels mapped
+    from a finer scale (8 px, not 56)."""
     cfg = load_config(os.path.join(ROOT, 'configs', 'detection', base))
-    _shrink(cfg)
-    _shrink_heads(cfg)
+    shrink_detector(cfg)
+    shrink_detector_heads(cfg)
     cfg.model.test_cfg.rcnn.update(rcnn_test_cfg)
     for name in ('bbox_roi_extractor', 'mask_roi_extractor'):  # a 64 px image's RoIs over all four levels
         for extractor in cfg.model.roi_head[name] if isinstance(cfg.model.roi_head[name], list) else [

@@ -7,8 +7,7 @@ import torch.nn as nn
 
 from convnext_backbone import ConvNeXt, ConvNeXtLayerDecayOptimizerConstructor, get_layer_id
 from convnext_backbone.layer_decay import default_num_layers, validate_num_layers
-
-BASE_LR, BASE_WD = 1e-4, 0.05
+from helpers import BASE_LR, BASE_WD, DECAY, TINY, build_layer_decay, lr_and_decay
 
 # Expected layer ids, written out from the issue's rules (first matching regex wins).
 T_LAYER_WISE_6 = [
@@ -39,19 +38,6 @@ class Detector(nn.Module):
         self.head = nn.Linear(8, 3)
 
 
-def _build(model, **paramwise):
-    constructor = ConvNeXtLayerDecayOptimizerConstructor(
-        dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=BASE_LR, weight_decay=BASE_WD)),
-        paramwise_cfg=paramwise)
-    return constructor(model)
-
-
-def _per_param(optim_wrapper, model):
-    names = {id(p): n for n, p in model.named_parameters()}
-    return {names[id(p)]: (g['lr'], g['weight_decay']) for g in optim_wrapper.optimizer.param_groups
-            for p in g['params']}
-
-
 def _no_decay(name):
     return (name.endswith('.bias') or '.norm.' in name or re.search(r'norm\d\.', name) is not None
             or re.match(r'downsample_layers\.0\.1\.', name) is not None
@@ -69,7 +55,8 @@ def _no_decay(name):
 def test_every_parameter_lr_and_weight_decay(arch, num_layers, decay_rate, decay_type, table):
     with torch.device('meta'):
         model = Detector(ConvNeXt(arch))
-    groups = _per_param(_build(model, decay_rate=decay_rate, decay_type=decay_type, num_layers=num_layers), model)
+    wrapper = build_layer_decay(model, decay_rate=decay_rate, decay_type=decay_type, num_layers=num_layers)
+    groups = lr_and_decay(wrapper, model)
     assert set(groups) == {n for n, _ in model.named_parameters()}
     for name, (lr, wd) in groups.items():
         if name.startswith('backbone.'):
@@ -108,8 +95,8 @@ def test_default_num_layers_is_official():
 
 
 def test_first_group_has_base_lr_and_frozen_params_left_out():
-    model = Detector(ConvNeXt(dict(depths=[1, 1, 3, 1], channels=[8, 8, 8, 8]), frozen_stages=1))
-    wrapper = _build(model, decay_rate=0.7, num_layers=6)
+    model = Detector(ConvNeXt(DECAY, frozen_stages=1))
+    wrapper = build_layer_decay(model, decay_rate=0.7, num_layers=6)
     assert wrapper.optimizer.param_groups[0]['lr'] == BASE_LR
     assert wrapper.get_lr()['lr'][0] == BASE_LR  # what mmengine logs
     in_optimizer = {id(p) for g in wrapper.optimizer.param_groups for p in g['params']}
@@ -119,8 +106,8 @@ def test_first_group_has_base_lr_and_frozen_params_left_out():
 
 
 def test_custom_keys_multiply_onto_decay():
-    model = Detector(ConvNeXt(dict(depths=[1, 1, 3, 1], channels=[8, 8, 8, 8])))
-    groups = _per_param(_build(model, decay_rate=0.5, num_layers=6, custom_keys={
+    model = Detector(ConvNeXt(DECAY))
+    groups = lr_and_decay(build_layer_decay(model, decay_rate=0.5, num_layers=6, custom_keys={
         'head': dict(lr_mult=10.0), 'stages.3': dict(lr_mult=2.0, decay_mult=0.5),
         'stages.3.0.pwconv1': dict(lr_mult=3.0)}), model)
     assert groups['head.weight'] == (pytest.approx(BASE_LR * 10), BASE_WD)
@@ -135,13 +122,14 @@ def test_backbone_prefix_and_model_wrappers():
         def __init__(self):
             super().__init__()
             self.encoder = nn.Module()
-            self.encoder.convnext = ConvNeXt(dict(depths=[1, 1, 3, 1], channels=[8, 8, 8, 8]))
+            self.encoder.convnext = ConvNeXt(DECAY)
             self.fc = nn.Linear(8, 2)
 
     model = Toy()
     with pytest.raises(ValueError, match=r'no ConvNeXt backbone at model.backbone.*backbone_prefix'):
-        _build(model, decay_rate=0.7)
-    groups = _per_param(_build(model, decay_rate=0.7, num_layers=6, backbone_prefix='encoder.convnext'), model)
+        build_layer_decay(model, decay_rate=0.7)
+    groups = lr_and_decay(build_layer_decay(model, decay_rate=0.7, num_layers=6, backbone_prefix='encoder.convnext'),
+                          model)
     assert groups['encoder.convnext.downsample_layers.0.0.weight'][0] == pytest.approx(BASE_LR * 0.7 ** 7)
     assert groups['fc.weight'][0] == BASE_LR
 
@@ -150,17 +138,17 @@ def test_backbone_prefix_and_model_wrappers():
     from mmengine.registry import MODEL_WRAPPERS
     MODEL_WRAPPERS.register_module(module=FakeDDP, force=True)
     wrapped = FakeDDP()
-    wrapped.module = Detector(ConvNeXt(dict(depths=[1, 1, 3, 1], channels=[8, 8, 8, 8])))
-    groups = _per_param(_build(wrapped, decay_rate=0.7, num_layers=6), wrapped.module)
+    wrapped.module = Detector(ConvNeXt(DECAY))
+    groups = lr_and_decay(build_layer_decay(wrapped, decay_rate=0.7, num_layers=6), wrapped.module)
     assert groups['backbone.stages.0.0.dwconv.weight'][0] == pytest.approx(BASE_LR * 0.7 ** 6)
 
-    alone = ConvNeXt(dict(depths=[1, 1, 3, 1], channels=[8, 8, 8, 8]))
-    groups = _per_param(_build(alone, decay_rate=0.7, num_layers=6, backbone_prefix=''), alone)
+    alone = ConvNeXt(DECAY)
+    groups = lr_and_decay(build_layer_decay(alone, decay_rate=0.7, num_layers=6, backbone_prefix=''), alone)
     assert groups['norm0.weight'] == (BASE_LR, 0.0)
 
 
 def test_table_is_logged_once(mm_log):
-    _build(Detector(ConvNeXt(dict(depths=[1, 1, 3, 1], channels=[8, 8, 8, 8]))), decay_rate=0.7, num_layers=6)
+    build_layer_decay(Detector(ConvNeXt(DECAY)), decay_rate=0.7, num_layers=6)
     tables = [m for m in mm_log if m.startswith('ConvNeXt layer_wise lr decay')]
     assert len(tables) == 1
     assert re.search(r'layer_0_decay\s+\d+\s+0.08235\s+0.05\s+backbone.downsample_layers.0.0.weight', tables[0])
@@ -180,7 +168,7 @@ def test_bad_configs_fail_at_construction(paramwise, match):
 @pytest.mark.parametrize('decay_type', ['layer_wise', 'stage_wise'])
 def test_bad_num_layers_names_valid_range(decay_type):
     with pytest.raises(ValueError, match=r'num_layers=2 is invalid .*integers >= 3 \(default 6\)'):
-        _build(Detector(ConvNeXt('tiny')), decay_rate=0.7, decay_type=decay_type, num_layers=2)
+        build_layer_decay(Detector(ConvNeXt('tiny')), decay_rate=0.7, decay_type=decay_type, num_layers=2)
     with pytest.raises(ValueError, match='4-stage'):
         validate_num_layers(6, [1, 1, 1], decay_type)
 
@@ -201,7 +189,7 @@ def test_cascade_mask_rcnn_from_shipped_config_gets_expected_groups():
     with torch.device('meta'):
         model = MODELS.build(cfg.model)
     wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    groups = _per_param(wrapper, model)
+    groups = lr_and_decay(wrapper, model)
     lr = 2e-4
     expected = {
         'backbone.downsample_layers.0.0.weight': (lr * 0.7 ** 7, 0.05),
@@ -228,7 +216,7 @@ def test_optimizer_step_compiles():
     what fails on ConfigDicts, so the eager backend proves it without inductor's code generation.)"""
     import copy
     torch.manual_seed(0)
-    model = ConvNeXt(dict(depths=[1, 1, 1, 1], channels=[8, 8, 8, 8]), out_indices=(3,))
+    model = ConvNeXt(TINY, out_indices=(3,))
     twin = copy.deepcopy(model)
     from mmengine.config import ConfigDict
     wrappers = [ConvNeXtLayerDecayOptimizerConstructor(  # a ConfigDict, as configs give it

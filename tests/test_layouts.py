@@ -10,7 +10,6 @@ import sys
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 import torchvision
 import transformers
 from safetensors.torch import load_file, save_file
@@ -18,11 +17,11 @@ from safetensors.torch import load_file, save_file
 from convnext_backbone import CheckpointError, ConvNeXt, convert_from_ours, convert_state_dict
 from convnext_backbone.checkpoint import convert_file, infer_arch
 from convnext_backbone.layouts import LAYOUT_NAMES, LAYOUTS, Template, detect
-from reference_convnext import (DINOv3ConvNeXt, OfficialConvNeXt, fcmae_dedense_checkpoint_keys,
-                                fcmae_remap_checkpoint_keys, official_stage_outputs, randomize_)
+from helpers import DEEP, ROOT, layer_norm_2d, official_convnext, pretrained, randomize_
+from reference_convnext import (DINOv3ConvNeXt, fcmae_dedense_checkpoint_keys, fcmae_remap_checkpoint_keys,
+                                official_stage_outputs)
 
-DEPTHS, DIMS = [1, 2, 1, 1], [8, 16, 24, 32]
-ARCH = dict(depths=DEPTHS, channels=DIMS)
+DEPTHS, DIMS = DEEP['depths'], DEEP['channels']  # as the other ecosystems name them
 V1 = dict(use_grn=False, layer_scale_init_value=1e-6)
 V2 = dict(use_grn=True, layer_scale_init_value=0)
 TOL = 1e-5
@@ -31,16 +30,6 @@ TOL = 1e-5
 @pytest.fixture(scope='module')
 def image():
     return torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-
-
-def _ln(x):  # what our fresh (identity-affine) output norms compute
-    return F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), eps=1e-6).permute(0, 3, 1, 2)
-
-
-def _load(path, **variant):
-    model = ConvNeXt(arch=ARCH, init_cfg=dict(type='Pretrained', checkpoint=str(path)), **variant)
-    model.init_weights()
-    return model.eval()
 
 
 # --- the reference implementations, saved as their ecosystems save them --------------------------------------
@@ -56,7 +45,8 @@ def _hf(tmp_path, x, cls_name, v2):
     model.save_pretrained(tmp_path / 'hf')
     with torch.no_grad():
         out = model(x, output_hidden_states=True)
-    feats = list(out.feature_maps) if cls_name.endswith('Backbone') else [_ln(h) for h in out.hidden_states[1:]]
+    feats = (list(out.feature_maps) if cls_name.endswith('Backbone')
+             else [layer_norm_2d(h) for h in out.hidden_states[1:]])
     return tmp_path / 'hf' / 'model.safetensors', V2 if v2 else V1, 'hf', feats
 
 
@@ -70,12 +60,12 @@ def _torchvision(tmp_path, x):
         for i, layer in enumerate(model.features):
             y = layer(y)
             if i % 2 == 1:
-                feats.append(_ln(y))
+                feats.append(layer_norm_2d(y))
     return tmp_path / 'tv.pth', V1, 'torchvision', feats
 
 
 def _official_v2(seed=0):
-    return randomize_(OfficialConvNeXt(depths=DEPTHS, dims=DIMS, use_grn=True, layer_scale_init_value=0), seed)
+    return randomize_(official_convnext(DEEP, use_grn=True, layer_scale_init_value=0), seed)
 
 
 _DECODER = {'proj.weight': torch.randn(4, 32, 1, 1), 'proj.bias': torch.zeros(4), 'mask_token': torch.zeros(1, 4, 1, 1),
@@ -88,7 +78,7 @@ def _fcmae(tmp_path, x, sparse):
     encoder = fcmae_dedense_checkpoint_keys(dense) if sparse else {'encoder.' + k: v for k, v in dense.items()}
     torch.save({'model': {**encoder, **_DECODER}, 'epoch': 1599}, tmp_path / 'fcmae.pt')
     with torch.no_grad():
-        feats = [_ln(f) for f in official_stage_outputs(ref, x)]
+        feats = [layer_norm_2d(f) for f in official_stage_outputs(ref, x)]
     return tmp_path / 'fcmae.pt', V2, 'fcmae', feats
 
 
@@ -105,7 +95,7 @@ def _openclip(tmp_path, x, v2):
                'transformer.resblocks.0.attn.in_proj_weight': torch.randn(48, 16), 'ln_final.weight': torch.ones(16)})
     torch.save(sd, tmp_path / 'open_clip_pytorch_model.bin')
     with torch.no_grad():
-        feats = [_ln(f) for f in trunk.forward_intermediates(x, intermediates_only=True)]
+        feats = [layer_norm_2d(f) for f in trunk.forward_intermediates(x, intermediates_only=True)]
     return tmp_path / 'open_clip_pytorch_model.bin', V2 if v2 else V1, 'openclip', feats
 
 
@@ -114,7 +104,7 @@ def _dinov3(tmp_path, x):
     torch.save(ref.state_dict(), tmp_path / 'dinov3_convnext_tiny.pth')
     with torch.no_grad():
         feats = ref.get_intermediate_layers(x)
-    feats = [_ln(f) for f in feats[:3]] + [feats[3]]  # norms[0..2] are identities in DINOv3
+    feats = [layer_norm_2d(f) for f in feats[:3]] + [feats[3]]  # norms[0..2] are identities in DINOv3
     return tmp_path / 'dinov3_convnext_tiny.pth', V1, 'dinov3', feats
 
 
@@ -126,7 +116,8 @@ def _hf_dinov3(tmp_path, x):
         out = model(x, output_hidden_states=True)
     n, c, h, w = out.hidden_states[-1].shape
     last = out.last_hidden_state[:, 1:].transpose(1, 2).reshape(n, c, h, w)  # the normed patch tokens
-    return tmp_path / 'hf' / 'model.safetensors', V1, 'hf-dinov3', [_ln(f) for f in out.hidden_states[1:4]] + [last]
+    feats = [layer_norm_2d(f) for f in out.hidden_states[1:4]] + [last]
+    return tmp_path / 'hf' / 'model.safetensors', V1, 'hf-dinov3', feats
 
 
 CASES = {
@@ -147,7 +138,7 @@ CASES = {
 @pytest.mark.parametrize('case', list(CASES))
 def test_reference_weights_give_reference_features(tmp_path, image, case, mm_log):
     path, variant, layout, feats = CASES[case](tmp_path, image)
-    ours = _load(path, **variant)
+    ours = pretrained(path, arch=DEEP, **variant)
     with torch.no_grad():
         outs = ours(image)
     for i, (out, feat) in enumerate(zip(outs, feats)):
@@ -196,7 +187,7 @@ _NO_PLACE = {'timm': r'^norm\d', 'openclip': r'^norm\d', 'torchvision': r'^norm\
 @pytest.mark.parametrize('layout', LAYOUT_NAMES)
 @pytest.mark.parametrize('v2', [False, True])
 def test_round_trip_ours_layout_ours(layout, v2):
-    original = randomize_(ConvNeXt(arch=ARCH, **(V2 if v2 else V1))).state_dict()
+    original = randomize_(ConvNeXt(arch=DEEP, **(V2 if v2 else V1))).state_dict()
     there = convert_from_ours(original, layout)
     no_place = _NO_PLACE[layout]
     expected_skipped = [k for k in original if no_place and re.search(no_place, k)]
@@ -253,8 +244,8 @@ def test_templates_with_affine_fields():
 
 
 def test_every_layout_is_detected_from_its_own_keys():
-    ours = ConvNeXt(arch=ARCH, **V1).state_dict()
-    ours_v2 = ConvNeXt(arch=ARCH, **V2).state_dict()
+    ours = ConvNeXt(arch=DEEP, **V1).state_dict()
+    ours_v2 = ConvNeXt(arch=DEEP, **V2).state_dict()
     for layout in LAYOUTS:
         keys = set(convert_from_ours(ours, layout.name).state_dict) | set(convert_from_ours(ours_v2, layout.name)
                                                                            .state_dict)
@@ -264,16 +255,16 @@ def test_every_layout_is_detected_from_its_own_keys():
 # --- bad files -------------------------------------------------------------------------------------------
 
 def test_nan_and_inf_weights_are_refused_by_both_loading_paths(tmp_path):
-    sd = ConvNeXt(arch=ARCH, **V1).state_dict()
+    sd = ConvNeXt(arch=DEEP, **V1).state_dict()
     sd['stages.1.0.pwconv1.weight'][0, 0] = float('nan')
     sd['stages.3.0.gamma'][1] = float('inf')
     torch.save({'state_dict': sd}, tmp_path / 'diverged.pth')
     message = r"Checkpoint '.*diverged.pth': 2 backbone tensor\(s\) hold non-finite values: " \
               r'stages.1.0.pwconv1.weight \(1 NaN of \d+ values\), stages.3.0.gamma \(1 Inf of \d+ values\).*diverged'
     with pytest.raises(CheckpointError, match=message):
-        _load(tmp_path / 'diverged.pth', **V1)
+        pretrained(tmp_path / 'diverged.pth', arch=DEEP, **V1)
     parent = torch.nn.Module()
-    parent.backbone = ConvNeXt(arch=ARCH, **V1)
+    parent.backbone = ConvNeXt(arch=DEEP, **V1)
     with pytest.raises(CheckpointError, match=r'^The checkpoint being loaded: 2 backbone tensor\(s\) hold '
                                               r'non-finite values: backbone.stages.1.0.pwconv1.weight'):
         parent.load_state_dict({'backbone.' + k: v for k, v in sd.items()})
@@ -285,7 +276,7 @@ def _pickled_object_file(path):
 
 
 def _truncated_file(path):
-    torch.save({'state_dict': ConvNeXt(arch=ARCH, **V1).state_dict()}, path)
+    torch.save({'state_dict': ConvNeXt(arch=DEEP, **V1).state_dict()}, path)
     data = path.read_bytes()
     path.write_bytes(data[:len(data) // 2])
 
@@ -305,7 +296,7 @@ def test_bad_files_are_one_clear_error_naming_the_file(tmp_path, kind, make, mes
     path = tmp_path / (f'{kind}.safetensors' if 'safetensors' in kind else f'{kind}.pth')
     make(path)
     with pytest.raises(CheckpointError, match=re.escape(repr(str(path))) + '.*' + message):
-        _load(path, **V1)
+        pretrained(path, arch=DEEP, **V1)
 
 
 # --- one loading path ---------------------------------------------------------------------------------------
@@ -314,9 +305,9 @@ def test_init_cfg_and_load_from_apply_the_same_checks_and_messages(tmp_path, mm_
     timm_v2 = _timm_tiny(True).state_dict()
     torch.save(timm_v2, tmp_path / 'v2.pth')
     with pytest.raises(CheckpointError) as via_init_cfg:
-        _load(tmp_path / 'v2.pth', **V1)
+        pretrained(tmp_path / 'v2.pth', arch=DEEP, **V1)
     parent = torch.nn.Module()
-    parent.backbone = ConvNeXt(arch=ARCH, **V1)
+    parent.backbone = ConvNeXt(arch=DEEP, **V1)
     with pytest.raises(CheckpointError) as via_load_from:
         parent.load_state_dict({'backbone.' + k: v for k, v in timm_v2.items()}, strict=False)
     tail = re.compile(r'\(timm layout\) does not fit .*')
@@ -326,7 +317,7 @@ def test_init_cfg_and_load_from_apply_the_same_checks_and_messages(tmp_path, mm_
     timm_v1 = _timm_tiny(False).state_dict()
     torch.save(timm_v1, tmp_path / 'v1.pth')
     mm_log.clear()
-    _load(tmp_path / 'v1.pth', **V1)
+    pretrained(tmp_path / 'v1.pth', arch=DEEP, **V1)
     parent.load_state_dict({'backbone.' + k: v for k, v in timm_v1.items()}, strict=False)
     reports = [m.split(': ', 1)[1] for m in mm_log if m.startswith('Loaded ')]
     assert len(reports) == 2 and reports[0] == reports[1]
@@ -335,9 +326,9 @@ def test_init_cfg_and_load_from_apply_the_same_checks_and_messages(tmp_path, mm_
 
 
 def test_dense_norms_of_unused_stages_are_skipped(tmp_path, mm_log):
-    ref = randomize_(OfficialConvNeXt(depths=DEPTHS, dims=DIMS))
+    ref = randomize_(official_convnext(DEEP))
     torch.save({'state_dict': {'backbone.' + k: v for k, v in ref.state_dict().items()}}, tmp_path / 'det.pth')
-    model = ConvNeXt(arch=ARCH, out_indices=(2, 3),
+    model = ConvNeXt(arch=DEEP, out_indices=(2, 3),
                      init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'det.pth')))
     model.init_weights()
     assert torch.equal(model.norm2.weight, ref.norm2.weight) and not hasattr(model, 'norm0')
@@ -349,15 +340,14 @@ def test_dense_norms_of_unused_stages_are_skipped(tmp_path, mm_log):
 
 def test_convert_tool_to_every_ecosystem(tmp_path, capsys):
     """The CLI once (a subprocess), then the package function it calls for the other targets."""
-    tool = [sys.executable, os.path.join(os.path.dirname(__file__), '..', 'tools', 'convert_checkpoint.py')]
+    tool = [sys.executable, os.path.join(ROOT, 'tools', 'convert_checkpoint.py')]
     trunk = _timm_tiny(True)
     torch.save({'state_dict': {'visual.trunk.' + k: v for k, v in trunk.state_dict().items()}},
                tmp_path / 'clip.pth')
     run = subprocess.run(tool + [str(tmp_path / 'clip.pth'), str(tmp_path / 'ours.pth'), '--progress'],
                          capture_output=True, text=True, check=True)
     assert 'detected the openclip layout' in run.stdout
-    assert "arch: custom (depths [1, 2, 1, 1], channels [8, 16, 24, 32]), ConvNeXt-V2 (GRN), no layer scale" \
-        in run.stdout
+    assert f'arch: custom (depths {DEPTHS}, channels {DIMS}), ConvNeXt-V2 (GRN), no layer scale' in run.stdout
     assert 'skipped 4 ' in run.stdout and 'visual.trunk.head.fc.weight' in run.stdout
     assert 'converting: 100%' in run.stderr
     ours = torch.load(tmp_path / 'ours.pth', weights_only=True)['state_dict']

@@ -14,10 +14,9 @@ from mmengine.runner import Runner
 from convnext_backbone import CheckpointError, convert_state_dict
 from convnext_backbone.checkpoint import unwrap_state_dict
 from convnext_backbone.tools.common import load_config, revert_sync_bn
-from reference_convnext import OfficialConvNeXt, randomize_
+from helpers import (ROOT, TINY, official_convnext, randomize_, shrink_detector, shrink_detector_heads,
+                     shrink_segmentor)
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
-DEPTHS, CHANNELS = [1, 1, 1, 1], [8, 16, 24, 32]
 FIX = r"model\.backbone\.init_cfg=dict\(type='Pretrained', checkpoint=<this file>\)"
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest.one_thread
@@ -25,24 +24,14 @@ pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest.
 
 def _detector():
     cfg = load_config(os.path.join(ROOT, 'configs', 'detection', 'mask_rcnn_convnext_t_3x.py'))
-    model = cfg.model
-    model.backbone.update(arch=dict(depths=DEPTHS, channels=CHANNELS), init_cfg=None)
-    model.neck.update(in_channels=CHANNELS, out_channels=8)
-    model.rpn_head.update(in_channels=8, feat_channels=8)
-    roi = model.roi_head
-    roi.bbox_roi_extractor.out_channels = roi.mask_roi_extractor.out_channels = 8
-    roi.bbox_head.update(in_channels=8, fc_out_channels=16)
-    roi.mask_head.update(in_channels=8, conv_out_channels=8, num_convs=1)
-    return 'mmdet', model
+    shrink_detector(cfg, TINY)
+    shrink_detector_heads(cfg)
+    return 'mmdet', cfg.model
 
 
 def _segmentor():
     cfg = load_config(os.path.join(ROOT, 'configs', 'segmentation', 'upernet_convnext_t_512_160k_ade20k.py'))
-    model = cfg.model
-    model.backbone.update(arch=dict(depths=DEPTHS, channels=CHANNELS), init_cfg=None)
-    model.decode_head.update(in_channels=CHANNELS, channels=8)
-    model.auxiliary_head.update(in_channels=CHANNELS[2], channels=8)
-    return 'mmseg', model
+    return 'mmseg', shrink_segmentor(cfg).model
 
 
 MODELS = {'detector': _detector, 'segmentor': _segmentor}
@@ -57,10 +46,11 @@ def _runner(tmp_path, model_cfg, scope, load_from):
 
 def _classifier():
     """The official classifier's state dict: blocks, the final pooled `norm`, the `head`."""
-    official = randomize_(OfficialConvNeXt(depths=DEPTHS, dims=CHANNELS))
+    official = randomize_(official_convnext(TINY))
     state = {k: v for k, v in official.state_dict().items() if not k.startswith('norm')}
-    state.update({'norm.weight': torch.rand(32) + 0.5, 'norm.bias': torch.randn(32),
-                  'head.weight': torch.randn(10, 32), 'head.bias': torch.randn(10)})
+    last = TINY['channels'][-1]
+    state.update({'norm.weight': torch.rand(last) + 0.5, 'norm.bias': torch.randn(last),
+                  'head.weight': torch.randn(10, last), 'head.bias': torch.randn(10)})
     return state
 
 
@@ -68,7 +58,8 @@ BACKBONE_ONLY = {  # layout: what the file holds
     "official {'model': ...}": lambda: {'model': _classifier()},
     "official {'state_dict': ...}": lambda: {'state_dict': _classifier()},
     'official raw': _classifier,
-    'timm': lambda: randomize_(timm_convnext.ConvNeXt(depths=DEPTHS, dims=CHANNELS, num_classes=10)).state_dict(),
+    'timm': lambda: randomize_(timm_convnext.ConvNeXt(depths=TINY['depths'], dims=TINY['channels'],
+                                                      num_classes=10)).state_dict(),
 }
 
 
@@ -96,7 +87,7 @@ def test_load_from_a_backbone_only_checkpoint_is_refused_naming_init_cfg(tmp_pat
     fixed.init_weights()
     expected = convert_state_dict(unwrap_state_dict(saved)).state_dict
     loaded = fixed.backbone.state_dict()
-    assert len(expected) == len(loaded) - 2 * len(DEPTHS)  # all but the four dense output norms
+    assert len(expected) == len(loaded) - 2 * len(TINY['depths'])  # all but the four dense output norms
     for key, value in expected.items():
         assert torch.equal(loaded[key].reshape(value.shape), value), key
 

@@ -13,17 +13,9 @@ from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
 
 import convnext_backbone.settings as settings_module
 from convnext_backbone import ConvNeXt, convert_from_ours, convert_state_dict, cpu_kernels
-from reference_convnext import randomize_
+from helpers import DEEP, assert_close, autograd_nodes, randomize_
 
-TINY = dict(depths=[1, 2, 1, 1], channels=[8, 16, 24, 32])
 TOL = 1e-5
-
-
-def assert_close(a, b, name=''):
-    """max abs error < 1e-5, relative to the reference's magnitude where it exceeds 1 (a parameter gradient
-    summed over every pixel of a batch is O(100): float32 rounding alone is then ~1e-5)."""
-    assert a.shape == b.shape, name
-    assert (a - b).abs().max() < TOL * max(1.0, b.abs().max().item()), name
 
 
 def _grads(model, x, outs):
@@ -60,14 +52,14 @@ def assert_same_model(ours, theirs, theirs_format, size=64, in_channels=3, final
             continue
         grad_x, grads_ours = _grads(ours, x_ours, outs_ours)
         grad_x_theirs, grads_theirs = _grads(theirs, x_theirs, outs_theirs)
-        assert_close(grad_x, grad_x_theirs, 'input')
+        assert_close(grad_x, grad_x_theirs, 'input', tol=TOL)
         mapped = convert_state_dict(grads_theirs, theirs_format, is_classifier=False).state_dict
         if final_norm:
             for suffix in ('weight', 'bias'):
                 mapped[f'{final_norm[0]}.{suffix}'] = grads_theirs[f'{final_norm[1]}.{suffix}']
         assert set(mapped) == set(grads_ours)
         for name, grad in grads_ours.items():
-            assert_close(_as_linear(grad), _as_linear(mapped[name]), name)
+            assert_close(_as_linear(grad), _as_linear(mapped[name]), name, tol=TOL)
     ours.eval(), theirs.eval()
     with torch.no_grad():  # the inference kernels too
         for a, b in zip(ours(x), forward(x)):
@@ -110,7 +102,7 @@ def test_mmpretrain_arguments_in_its_positional_order():
     differ = {p.name for p, q in zip(ours, theirs) if p.default != q.default}
     assert differ == {'out_indices', 'gap_before_final_norm', 'norm_cfg', 'act_cfg', 'layer_scale_init_value',
                       'init_cfg'}
-    positional = ConvNeXt(TINY, 4, 2, None, None, False, True, 0.1, 0.0, (1, 3), 1, False, True)
+    positional = ConvNeXt(DEEP, 4, 2, None, None, False, True, 0.1, 0.0, (1, 3), 1, False, True)
     assert (positional.in_channels, positional.strides[0], positional.linear_pw_conv, positional.use_grn) == (
         4, 2, False, True)
     assert (positional.out_indices, positional.frozen_stages, positional.with_cp) == ((1, 3), 1, True)
@@ -121,10 +113,10 @@ def test_same_arguments_same_numbers_as_mmpretrain(kwargs):
     """Built with the same arguments (mmpretrain's defaults passed explicitly where ours differ), the same
     random weights give mmpretrain's outputs and gradients, on the fast path and on the plain one."""
     kwargs = dict(kwargs)
-    theirs = randomize_(MMPretrainConvNeXt(arch=TINY, **kwargs))
+    theirs = randomize_(MMPretrainConvNeXt(arch=DEEP, **kwargs))
     kwargs.setdefault('out_indices', -1)
     kwargs.setdefault('gap_before_final_norm', True)
-    ours = ConvNeXt(arch=TINY, **kwargs)
+    ours = ConvNeXt(arch=DEEP, **kwargs)
     ours.load_state_dict(theirs.state_dict())
     assert_same_model(ours, theirs, 'mmpretrain', in_channels=kwargs.get('in_channels', 3))
 
@@ -133,13 +125,13 @@ def test_same_arguments_same_numbers_as_mmpretrain(kwargs):
 def test_checkpoint_of_either_pointwise_form_loads_into_the_other(theirs_linear):
     """Linear and 1x1-conv pointwise weights are reshaped on loading: mmpretrain's of one form into ours of the
     other, and ours into ours both ways."""
-    theirs = randomize_(MMPretrainConvNeXt(arch=TINY, linear_pw_conv=theirs_linear, out_indices=(0, 1, 2, 3),
+    theirs = randomize_(MMPretrainConvNeXt(arch=DEEP, linear_pw_conv=theirs_linear, out_indices=(0, 1, 2, 3),
                                            gap_before_final_norm=False))
-    ours = ConvNeXt(arch=TINY, linear_pw_conv=not theirs_linear)
+    ours = ConvNeXt(arch=DEEP, linear_pw_conv=not theirs_linear)
     ours.load_state_dict(theirs.state_dict())
     assert ours.stages[1][1].pwconv1.weight.ndim == (2 if not theirs_linear else 4)
     assert_same_model(ours, theirs, 'mmpretrain')
-    back = ConvNeXt(arch=TINY, linear_pw_conv=theirs_linear)
+    back = ConvNeXt(arch=DEEP, linear_pw_conv=theirs_linear)
     back.load_state_dict(ours.state_dict())
     for name, value in back.state_dict().items():
         assert value.shape == ours.state_dict()[name].shape or _as_linear(value).equal(
@@ -150,14 +142,8 @@ def test_fast_path_is_taken_only_for_the_configurations_it_implements():
     """Defaults and exact GELU (any eps, kernel size, bias) keep the fused CPU nodes; the rest the plain ops."""
     def nodes(**kwargs):
         model = ConvNeXt(arch=dict(depths=[1], channels=[8]), **kwargs).train()
-        out = model(torch.randn(1, 3, 16, 16))[0]
-        seen, stack = set(), [out.grad_fn]
-        while stack:
-            fn = stack.pop()
-            if fn is not None and fn not in seen:
-                seen.add(fn)
-                stack.extend(f for f, _ in fn.next_functions)
-        fused = 'GeneratedBackwardFor_convnext_mlp_defaultBackward' in {type(fn).__name__ for fn in seen}
+        graph = autograd_nodes(model(torch.randn(1, 3, 16, 16))[0])
+        fused = 'GeneratedBackwardFor_convnext_mlp_defaultBackward' in graph
         assert fused == (model.stages[0][0].fast_path_ok and cpu_kernels.ONEDNN)
         return model.stages[0][0].fast_path_ok
 
@@ -179,7 +165,7 @@ TIMM_CASES = {
 def test_timm_knobs_give_timm_numbers(kwargs):
     """timm's kernel_sizes / conv_bias / ls_init_value under timm's names; weights loaded from timm's layout,
     its pooled head.norm into our last norm (gap_before_final_norm)."""
-    arch = dict(depths=TINY['depths'], dims=TINY['channels'])
+    arch = dict(depths=DEEP['depths'], dims=DEEP['channels'])
     theirs = randomize_(timm_convnext.ConvNeXt(**arch, num_classes=0, **kwargs))
     ours = ConvNeXt(**arch, out_indices=-1, gap_before_final_norm=True, **kwargs)
     ours.load_state_dict(theirs.state_dict())
@@ -202,8 +188,8 @@ def test_layer_depth_for_mmpretrain_layer_decay(depths):
 @pytest.mark.parametrize('conv_mlp', [False, True])
 def test_channels_first_model_exports_to_timm(conv_mlp):
     """A linear_pw_conv=False model's 4-D pointwise weights export to timm's linear or conv MLP alike."""
-    ours = randomize_(ConvNeXt(arch=TINY, linear_pw_conv=False))
-    theirs = timm_convnext.ConvNeXt(depths=TINY['depths'], dims=TINY['channels'], conv_mlp=conv_mlp)
+    ours = randomize_(ConvNeXt(arch=DEEP, linear_pw_conv=False))
+    theirs = timm_convnext.ConvNeXt(depths=DEEP['depths'], dims=DEEP['channels'], conv_mlp=conv_mlp)
     converted = convert_from_ours(ours.state_dict(), 'timm', conv_mlp=conv_mlp).state_dict
     missing, unexpected = theirs.load_state_dict(converted, strict=False)
     assert not unexpected and all(k.startswith('head.') for k in missing)
@@ -213,27 +199,27 @@ def test_channels_first_model_exports_to_timm(conv_mlp):
 
 def test_norm_cfg_requires_grad_false_freezes_the_same_norms_as_mmpretrain():
     cfg = dict(type='LN2d', eps=1e-6, requires_grad=False)
-    theirs = MMPretrainConvNeXt(arch=TINY, norm_cfg=cfg)
-    ours = ConvNeXt(arch=TINY, norm_cfg=cfg, out_indices=-1, gap_before_final_norm=True).train()
+    theirs = MMPretrainConvNeXt(arch=DEEP, norm_cfg=cfg)
+    ours = ConvNeXt(arch=DEEP, norm_cfg=cfg, out_indices=-1, gap_before_final_norm=True).train()
     frozen = [sorted(n for n, p in m.named_parameters() if not p.requires_grad) for m in (ours, theirs)]
-    assert frozen[0] == frozen[1] and len(frozen[0]) == 2 * (4 + 5 + 1)  # stem/downsample, blocks, output
+    assert frozen[0] == frozen[1] and len(frozen[0]) == 2 * (4 + sum(DEEP['depths']) + 1)  # stem/downsample, blocks, output
 
 
 def test_kernel_size_one_or_per_stage_and_ls_alias():
-    model = ConvNeXt(arch=TINY, kernel_size=[3, 5, 7, 9], conv_bias=False, ls_init_value=None)
+    model = ConvNeXt(arch=DEEP, kernel_size=[3, 5, 7, 9], conv_bias=False, ls_init_value=None)
     assert [s[0].dwconv.kernel_size for s in model.stages] == [(3, 3), (5, 5), (7, 7), (9, 9)]
     assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1)
     assert model.downsample_layers[0][0].bias is None and model.downsample_layers[2][1].bias is None
     assert model.stages[0][0].gamma is None and model.layer_scale_init_value == 0
-    assert ConvNeXt(arch=TINY, kernel_size=5, kernel_sizes=(5, 5, 5, 5)).kernel_sizes == [5, 5, 5, 5]
-    same = ConvNeXt(arch=TINY, layer_scale_init_value=0.25, ls_init_value=0.25)
+    assert ConvNeXt(arch=DEEP, kernel_size=5, kernel_sizes=(5, 5, 5, 5)).kernel_sizes == [5, 5, 5, 5]
+    same = ConvNeXt(arch=DEEP, layer_scale_init_value=0.25, ls_init_value=0.25)
     assert torch.equal(same.stages[0][0].gamma, torch.full((8,), 0.25))
 
 
 def _classifier(backbone, num_classes=5):
     return MMPRETRAIN_MODELS.build(dict(
         type='ImageClassifier', backbone=backbone,
-        head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=TINY['channels'][-1],
+        head=dict(type='LinearClsHead', num_classes=num_classes, in_channels=DEEP['channels'][-1],
                   loss=dict(type='CrossEntropyLoss'))))
 
 
@@ -248,14 +234,14 @@ def test_image_classifier_with_ours_gives_mmpretrain_logits(tmp_path, mmpretrain
     """An mmpretrain config that names ours (no out_indices / gap given: mmpretrain's defaults, logged once)
     and mmpretrain's classification checkpoint: mmpretrain's logits, loaded whole or through init_cfg."""
     monkeypatch.setattr(settings_module, '_logged_mmpretrain_defaults', False)
-    theirs = _classifier(dict(type='ConvNeXt', arch=TINY, use_grn=True, layer_scale_init_value=0.0))
+    theirs = _classifier(dict(type='ConvNeXt', arch=DEEP, use_grn=True, layer_scale_init_value=0.0))
     assert type(theirs.backbone) is MMPretrainConvNeXt
     randomize_(theirs)
     path = str(tmp_path / 'mmpretrain_cls.pth')
     torch.save({'state_dict': theirs.state_dict(), 'meta': {}}, path)
 
-    ours = _classifier(dict(type='convnext_backbone.ConvNeXt', arch=TINY, use_grn=True, layer_scale_init_value=0.0))
-    _classifier(dict(type='convnext_backbone.ConvNeXt', arch=TINY))
+    ours = _classifier(dict(type='convnext_backbone.ConvNeXt', arch=DEEP, use_grn=True, layer_scale_init_value=0.0))
+    _classifier(dict(type='convnext_backbone.ConvNeXt', arch=DEEP))
     assert type(ours.backbone) is ConvNeXt
     assert ours.backbone.out_indices == (3,) and ours.backbone.gap_before_final_norm
     assert sum("mmpretrain's defaults" in m for m in mm_log) == 1  # logged once, not per model
@@ -268,7 +254,7 @@ def test_image_classifier_with_ours_gives_mmpretrain_logits(tmp_path, mmpretrain
         assert (ours(x, mode='tensor') - logits).abs().max() < TOL
 
     # init_cfg: the backbone's last norm takes the classifier's final pooled norm (it used to be skipped)
-    backbone = ConvNeXt(arch=TINY, use_grn=True, layer_scale_init_value=0.0,
+    backbone = ConvNeXt(arch=DEEP, use_grn=True, layer_scale_init_value=0.0,
                         init_cfg=dict(type='Pretrained', checkpoint=path, prefix='backbone.'))
     backbone.init_weights()
     assert torch.equal(backbone.norm3.weight, theirs.backbone.norm3.weight)
@@ -279,34 +265,34 @@ def test_image_classifier_with_ours_gives_mmpretrain_logits(tmp_path, mmpretrain
 def test_dense_mode_still_skips_the_classifier_final_norm(tmp_path, mm_log):
     """Official classification checkpoint (pooled ``norm`` + ``head``): gap mode loads ``norm`` into the last
     output norm and reproduces the classifier's features; dense mode leaves the output norms fresh."""
-    source = randomize_(ConvNeXt(arch=TINY, out_indices=-1, gap_before_final_norm=True))
+    source = randomize_(ConvNeXt(arch=DEEP, out_indices=-1, gap_before_final_norm=True))
     state = {k: v for k, v in source.state_dict().items() if not k.startswith('norm3.')}
     state.update({'norm.weight': source.norm3.weight.detach(), 'norm.bias': source.norm3.bias.detach(),
                   'head.weight': torch.randn(5, 32), 'head.bias': torch.zeros(5)})
     path = str(tmp_path / 'official_cls.pth')
     torch.save({'model': state}, path)
     init = dict(type='Pretrained', checkpoint=path)
-    pooled = ConvNeXt(arch=TINY, out_indices=-1, gap_before_final_norm=True, init_cfg=init)
+    pooled = ConvNeXt(arch=DEEP, out_indices=-1, gap_before_final_norm=True, init_cfg=init)
     pooled.init_weights()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert (pooled.eval()(x)[0] - source.eval()(x)[0]).abs().max() < TOL
     assert any('loads into norm3' in m for m in mm_log)
-    dense = ConvNeXt(arch=TINY, init_cfg=init)
+    dense = ConvNeXt(arch=DEEP, init_cfg=init)
     dense.init_weights()
     assert torch.equal(dense.norm3.weight, torch.ones(32))  # fresh, as before
-    whole = ConvNeXt(arch=TINY, out_indices=-1, gap_before_final_norm=True)
+    whole = ConvNeXt(arch=DEEP, out_indices=-1, gap_before_final_norm=True)
     whole.load_state_dict(state, strict=False)  # the model's own hook, without init_cfg
     assert torch.equal(whole.norm3.bias, source.norm3.bias)
 
 
 def test_defaults_ours_outside_mmpretrain_scope_mmpretrain_inside(mmpretrain_scope):
-    inside = ConvNeXt(arch=TINY)
-    explicit = ConvNeXt(arch=TINY, out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
+    inside = ConvNeXt(arch=DEEP)
+    explicit = ConvNeXt(arch=DEEP, out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
     assert (inside.out_indices, inside.gap_before_final_norm) == ((3,), True)
     assert (explicit.out_indices, explicit.gap_before_final_norm) == ((0, 1, 2, 3), False)
     with DefaultScope.overwrite_default_scope('mmdet'):
-        outside = ConvNeXt(arch=TINY)
+        outside = ConvNeXt(arch=DEEP)
     assert (outside.out_indices, outside.gap_before_final_norm) == ((0, 1, 2, 3), False)
 
 
@@ -376,4 +362,4 @@ def test_mmpretrain_unit_test_assertions_pass_with_ours(mmpretrain_scope):
 ])
 def test_rejected_values_raise_one_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        ConvNeXt(arch=TINY, **kwargs)
+        ConvNeXt(arch=DEEP, **kwargs)

@@ -10,12 +10,10 @@ import textwrap
 import torch
 
 from convnext_backbone import ConvNeXt
-
-ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), '..'))
-TINY = dict(depths=[1, 1, 1, 1], channels=[8, 16, 32, 64])
+from helpers import ROOT, TINY
 
 # A fresh interpreter without the test extras on sys.path: neither mmcls nor mmpretrain is importable.
-_SCRIPT = textwrap.dedent('''
+_SCRIPT = f'TINY = {TINY!r}\n' + textwrap.dedent('''
     import importlib, importlib.util, json, logging, os, sys
     assert importlib.util.find_spec('mmcls') is None and importlib.util.find_spec('mmpretrain') is None
     import convnext_backbone
@@ -28,7 +26,6 @@ _SCRIPT = textwrap.dedent('''
         def emit(self, record):
             messages.append(record.getMessage())
     MMLogger.get_current_instance().addHandler(Collect())
-    TINY = dict(depths=[1, 1, 1, 1], channels=[8, 16, 32, 64])
 
     def describe(b):
         return dict(cls=f'{type(b).__module__}.{type(b).__name__}', out_indices=list(b.out_indices),

@@ -1,7 +1,8 @@
 """ADE20K segmentation: the paper recipes in configs/segmentation, stock mmseg ConvNeXt configs with our backbone,
 and train -> test (single-scale, TTA, prediction PNGs) end to end on a synthetic ADE20K-format set.
 
-Models are shrunk (one block per stage, 8..32 channels, small crops) and never download weights.
+Models are shrunk (helpers.shrink_segmentor: one block per stage, 8..64 channels, small crops) and never download
+weights.
 """
 import copy
 import glob
@@ -17,14 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from convnext_backbone.demo import ade20k as synthetic_ade20k  # noqa: E402
-from convnext_backbone.tools import test as test_tool  # noqa: E402
-from convnext_backbone.tools import train as train_tool  # noqa: E402
-from convnext_backbone.tools.common import adapt_to_machine, load_config  # noqa: E402
-
-from convnext_backbone import ARCH_SETTINGS  # noqa: E402
+from convnext_backbone import ARCH_SETTINGS
+from convnext_backbone.demo import ade20k as synthetic_ade20k
+from convnext_backbone.tools import test as test_tool
+from convnext_backbone.tools import train as train_tool
+from convnext_backbone.tools.common import adapt_to_machine, load_config
+from helpers import ROOT, TINY, segmentation_batch, shrink_segmentor, without_scope
 
 SEG_DIR = os.path.join(ROOT, 'configs', 'segmentation')
 URL = 'https://dl.fbaipublicfiles.com/convnext/'
@@ -58,9 +57,6 @@ DILATED = {
 STOCK = sorted(os.path.basename(p) for p in glob.glob(os.path.join(
     os.path.dirname(__import__('mmseg').__file__), '.mim', 'configs', 'convnext', '*.py')))
 
-TINY = dict(depths=[1, 1, 1, 1], channels=[8, 16, 24, 32])
-SIZE = 64
-
 _configs = {}
 
 
@@ -87,33 +83,6 @@ def stock(name):
     return cfg
 
 
-def shrink(cfg):
-    """Tiny arch, small heads and crops, no pre-trained download; every other setting (drop path, layer scale,
-    GRN, heads, losses, optimizer recipe) stays as the config has it."""
-    model = cfg.model
-    model.backbone.arch = dict(TINY)
-    model.backbone.pop('init_cfg', None)
-    model.decode_head.update(in_channels=TINY['channels'], channels=16)
-    model.auxiliary_head.update(in_channels=TINY['channels'][model.auxiliary_head.in_index], channels=8)
-    model.data_preprocessor.size = (SIZE, SIZE)
-    model.test_cfg.update(crop_size=(SIZE, SIZE), stride=(SIZE // 2, SIZE // 2))
-    return cfg
-
-
-def random_batch(batch_size=2):
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    inputs, samples = [], []
-    for _ in range(batch_size):
-        inputs.append(torch.randint(0, 256, (3, SIZE, SIZE), dtype=torch.uint8))
-        label = torch.randint(0, 150, (1, SIZE, SIZE))
-        label[:, :8] = 255  # some ignored pixels, as reduce_zero_label produces
-        sample = SegDataSample(metainfo=dict(img_shape=(SIZE, SIZE), ori_shape=(SIZE, SIZE)))
-        sample.gt_sem_seg = PixelData(data=label)
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
-
-
 def build_and_step(cfg):
     """Build the segmentor and its optimizer wrapper as the Runner does, run one training step on a random
     batch; returns (model, optim_wrapper, log_vars, names of parameters the step changed)."""
@@ -128,7 +97,7 @@ def build_and_step(cfg):
     model.train()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    log_vars = model.train_step(random_batch(), optim_wrapper)
+    log_vars = model.train_step(segmentation_batch(), optim_wrapper)
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     return model, optim_wrapper, log_vars, changed
 
@@ -143,15 +112,6 @@ def lr_of(model, optim_wrapper):
 def test_every_recipe_is_tested():
     assert sorted(os.path.splitext(f)[0] for f in os.listdir(SEG_DIR) if f.endswith('.py')) == sorted(
         [*PAPER, *RECIPES, *DILATED])
-
-
-def _without_scope(cfg):
-    """A config as plain data, without the '_scope_' keys mmengine adds to dicts inherited across packages."""
-    if isinstance(cfg, dict):
-        return {k: _without_scope(v) for k, v in cfg.items() if k != '_scope_'}
-    if isinstance(cfg, (list, tuple)):
-        return [_without_scope(v) for v in cfg]
-    return cfg
 
 
 @pytest.mark.parametrize('name', sorted(RECIPES))
@@ -183,7 +143,7 @@ def test_recipe_beyond_the_paper_inherits_the_stock_one(name):
         c.pop('checkpoint_file', None)
     assert cfg.optim_wrapper.pop('constructor') == 'ConvNeXtLayerDecayOptimizerConstructor'
     cfg.model.decode_head.in_channels = stock.model.decode_head.in_channels
-    assert _without_scope(cfg.to_dict()) == _without_scope(stock.to_dict())
+    assert without_scope(cfg.to_dict()) == without_scope(stock.to_dict())
 
 
 @pytest.mark.parametrize('name', sorted(DILATED))
@@ -220,7 +180,7 @@ def test_dilated_recipe_inherits_the_stock_one(name):
         c.model.auxiliary_head.pop('in_channels')
         for key in ('optimizer', 'optim_wrapper', 'param_scheduler', 'custom_imports', 'checkpoint_file', 'convnext_t'):
             c.pop(key, None)
-    assert _without_scope(cfg.to_dict()) == _without_scope(stock.to_dict())
+    assert without_scope(cfg.to_dict()) == without_scope(stock.to_dict())
 
 
 @pytest.mark.parametrize('name', sorted(PAPER))
@@ -284,7 +244,7 @@ def test_recipe_hyperparameters(name):
 
 @pytest.mark.parametrize('name', sorted(PAPER))
 def test_recipe_trains_one_step(name):
-    cfg = shrink(ours(name))
+    cfg = shrink_segmentor(ours(name))
     num_layers = cfg.optim_wrapper.paramwise_cfg.num_layers
     base_lr = cfg.optim_wrapper.optimizer.lr
     model, optim_wrapper, log_vars, changed = build_and_step(cfg)
@@ -315,7 +275,7 @@ def test_stock_mmseg_config_trains_one_step_with_our_backbone(name):
     # the full-size heads fit our backbone's outputs
     assert list(cfg.model.decode_head.in_channels) == ARCH_SETTINGS[arch][1]
     assert cfg.model.auxiliary_head.in_channels == ARCH_SETTINGS[arch][1][2]
-    model, optim_wrapper, log_vars, changed = build_and_step(shrink(cfg))
+    model, optim_wrapper, log_vars, changed = build_and_step(shrink_segmentor(cfg))
     assert type(model.backbone).__module__ == 'convnext_backbone.convnext'
     assert math.isfinite(float(log_vars['loss'].detach()))
     assert 'backbone.stages.0.0.gamma' in changed
@@ -389,10 +349,10 @@ def test_synthetic_patterns_are_two_colour_stripes_checks_and_dots():
 
 def _data_options(data_root):
     """--cfg-options for the synthetic set and a shrunk model (the CLI's syntax; values parsed by DictAction)."""
-    options = ['model.backbone.depths=[1,1,1,1]', 'model.backbone.dims=[8,16,24,32]',  # = TINY
-               'model.backbone.init_cfg=None',
-               'model.decode_head.in_channels=[8,16,24,32]', 'model.decode_head.channels=16',
-               'model.auxiliary_head.in_channels=24', 'model.auxiliary_head.channels=8',
+    depths, channels = (str(TINY[key]).replace(' ', '') for key in ('depths', 'channels'))  # as shrink_segmentor
+    options = [f'model.backbone.depths={depths}', f'model.backbone.dims={channels}', 'model.backbone.init_cfg=None',
+               f'model.decode_head.in_channels={channels}', 'model.decode_head.channels=16',
+               f"model.auxiliary_head.in_channels={TINY['channels'][2]}", 'model.auxiliary_head.channels=8',
                # the synthetic set's 3 classes (metrics still run over ADE20K's 150, absent ones are skipped)
                'model.decode_head.num_classes=3', 'model.auxiliary_head.num_classes=3',
                # 128 px images: 64 px training crops at short side ~64 px; testing at short side 96 px in

@@ -14,10 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import STACK
 from convnext_backbone import compat, safe_load
+from helpers import LONGEST_FIRST, ROOT, STACK
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the distributions a user's stack consists of: installing this package must not move any of them
 USER_STACK = {'torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet', 'mmsegmentation', 'onedl-mmcv', 'onedl-mmengine',
               'onedl-mmdetection', 'onedl-mmsegmentation', 'numpy', 'timm'}
@@ -244,7 +243,6 @@ class _GetattrGadget:
 def test_the_suite_hands_out_its_longest_files_first(request):
     """``make test``'s two workers finish together only if the longest files start first: conftest orders them so
     and keeps pytest-xdist from re-sorting the files by their number of tests (its default)."""
-    from conftest import LONGEST_FIRST
     assert request.config.option.loadscopereorder is False
     files = list(dict.fromkeys(item.path.name for item in request.session.items))
     present = [name for name in LONGEST_FIRST if name in files]

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from convnext_backbone.tools import benchmark
+from helpers import ROOT
 
-TOOLS = os.path.join(os.path.dirname(__file__), '..', 'tools')
+TOOLS = os.path.join(ROOT, 'tools')
 
 
 def _run(*args):

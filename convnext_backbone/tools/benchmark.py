@@ -513,6 +513,12 @@ class Clock:
 
 # --- correctness: ours with timm's weights against timm ----------------------------------------------------
 
+def timm_features_layout(state_dict: dict) -> dict:
+    """A timm ``features_only`` model's weights in timm's model layout: features_only flattens the module names
+    (stem_0, stages_1) that timm's models and checkpoints have nested (stem.0, stages.1)."""
+    return {re.sub(r'^(stem|stages)_(\d+)\.', r'\1.\2.', k): v for k, v in state_dict.items()}
+
+
 def timm_pair(arch, v2: bool = False, init=None):
     """timm's ``features_only`` ConvNeXt of ``arch`` (V2 with GRN; V1 with layer scale 1, so that the blocks count)
     and ours with the same weights (timm's layout, loaded by our ``load_state_dict``), both in eval mode.
@@ -525,8 +531,7 @@ def timm_pair(arch, v2: bool = False, init=None):
                                   **kwargs, **({} if v2 else dict(ls_init_value=1.0)))
     if init is not None:
         init(reference)
-    # features_only flattens timm's module names (stem_0, stages_1): back to timm's model layout
-    state = {re.sub(r'^(stem|stages)_(\d+)', r'\1.\2', k): v for k, v in reference.state_dict().items()}
+    state = timm_features_layout(reference.state_dict())
     ours = ConvNeXt(arch, use_grn=v2, layer_scale_init_value=0 if v2 else 1e-6)
     loaded = ours.load_state_dict(state, strict=False)
     missing = [k for k in loaded.missing_keys if not re.match(r'norm\d\.', k)]
