@@ -370,6 +370,8 @@ class ConvNeXt(BaseModule):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
+        # nn.Module's documented override point for a module's own state-dict entries (torch's BatchNorm uses it;
+        # the public register_load_state_dict_pre_hook exists only from torch 2.5, after the classic stack).
         # Every load_state_dict reaches the backbone here (init_cfg's Pretrained, a whole model's load_from):
         # convert whatever layout the keys under `prefix` are in to ours and check them, or refuse a
         # backbone-only checkpoint loaded as a whole model's.

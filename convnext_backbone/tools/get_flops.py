@@ -21,6 +21,8 @@ import argparse
 import os
 
 import torch
+# FakeTensorMode has no public import path on torch 2.1-2.14 (torch's own docs import it from here); counting on
+# shapes alone needs it; test_tools.test_whole_model_flops_match_the_paper counts a segmentor through it (pinned)
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -45,7 +47,12 @@ def backbone_complexity(arch, size, **kwargs):
 
 
 def _cascade_forward(model, inputs, data_samples):
-    """mmdet's 'tensor' mode for a Cascade detector, with the mask heads on the first 100 refined RoIs."""
+    """mmdet's 'tensor' mode for a Cascade detector, with the mask heads on the first 100 refined RoIs.
+
+    The one place that calls mmdet's private ``CascadeRoIHead._refine_roi`` / ``_mask_forward``: its public
+    'tensor' mode runs the mask heads on every proposal (not the paper's count) and no public method runs the
+    stages one by one. ``test_tools.test_whole_model_flops_match_the_paper`` (Cascade T: the paper's 741G)
+    fails if they change."""
     from mmdet.structures.bbox import bbox2roi
     x = model.extract_feat(inputs)
     proposals = [r.bboxes for r in model.rpn_head.predict(x, data_samples, rescale=False)]
