@@ -27,7 +27,7 @@ from mmengine.logging import print_log
 from safetensors.torch import load_file, save_file
 from torch.hub import download_url_to_file, get_dir
 
-from . import safe_load  # noqa: F401  (allow-lists mmengine's checkpoint metadata for the safe loader)
+from .safe_load import allow_mmengine_metadata
 from .arch import arch_name
 from .layouts import LAYOUT_NAMES, LAYOUTS, detect, get_layout  # noqa: F401  (LAYOUTS re-exported)
 
@@ -76,7 +76,8 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
     """Read a ``.pth``/``.pt``/``.bin`` or ``.safetensors`` file safely and return the raw object.
 
     ``.pth`` files are read with ``weights_only=True``: no arbitrary objects are unpickled (mmengine's own
-    checkpoint metadata is allow-listed by :mod:`convnext_backbone.safe_load`). Empty, truncated, text (an HTML
+    checkpoint metadata is allow-listed by :mod:`convnext_backbone.safe_load`, registered again before each read;
+    torch < 2.4 has no allow-list, and such files are refused there). Empty, truncated, text (an HTML
     error page, a Git LFS pointer) and object-pickling files are each a :class:`CheckpointError` naming the file,
     decided by checks of the file (its size, its first and last bytes, the safetensors header, the globals its
     pickle names), not by the wording of torch's errors.
@@ -106,6 +107,7 @@ def read_checkpoint(path: str, map_location='cpu') -> dict:
     try:
         if local.endswith('.safetensors'):
             return load_file(local, device=map_location if isinstance(map_location, str) else 'cpu')
+        allow_mmengine_metadata()  # again: a safe_globals scope (onedl-mmengine's loads) may have removed it
         return torch.load(local, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch / safetensors raise many types for a bad file; give one clear one
         if isinstance(exc, pickle.UnpicklingError):  # the safe unpickler refused the file: say what it holds
@@ -167,11 +169,16 @@ def _pickle_globals(local: str) -> list:
     return names
 
 
+# The keys checkpoint objects nest their weights under, in order of preference: a training checkpoint of the
+# official repo holds 'model' and, with EMA, 'model_ema' too (the first wins); an EMA-only file gives its EMA.
+WEIGHT_WRAPPERS = ('state_dict', 'model', 'module', 'model_ema', 'state_dict_ema')
+
+
 def unwrap_state_dict(obj, source: str = 'Checkpoint') -> dict[str, torch.Tensor]:
-    """Dig the tensor dict out of a checkpoint object (``state_dict``, ``model``, ``module`` wrappers)."""
+    """Dig the tensor dict out of a checkpoint object (the :data:`WEIGHT_WRAPPERS`)."""
     for _ in range(3):
         if isinstance(obj, dict):
-            for key in ('state_dict', 'model', 'module'):
+            for key in WEIGHT_WRAPPERS:
                 if isinstance(obj.get(key), dict):
                     obj = obj[key]
                     break
@@ -179,7 +186,7 @@ def unwrap_state_dict(obj, source: str = 'Checkpoint') -> dict[str, torch.Tensor
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f'{source} holds no state dict of tensors (looked at the top level and under '
-                              "'state_dict', 'model', 'module'). Is this a model checkpoint?")
+                              f'{", ".join(map(repr, WEIGHT_WRAPPERS))}). Is this a model checkpoint?')
     if all(k.startswith('module.') for k in obj):  # saved from DistributedDataParallel
         obj = {k[len('module.'):]: v for k, v in obj.items()}
     return dict(obj)

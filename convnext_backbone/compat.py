@@ -50,9 +50,8 @@ def is_exporting() -> bool:
 
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` (``torch.is_autocast_enabled(device)`` is torch >= 2.4)."""
-    available = getattr(torch.amp, 'is_autocast_available', None)  # torch >= 2.3
-    if available is not None:
-        return available(device_type) and torch.is_autocast_enabled(device_type)
+    if TORCH_VERSION >= (2, 4):
+        return autocast_supported(device_type) and torch.is_autocast_enabled(device_type)
     if device_type == 'cpu':
         return torch.is_autocast_cpu_enabled()
     if device_type == 'cuda':
@@ -69,11 +68,12 @@ def autocast_supported(device_type: str) -> bool:
 def add_safe_globals(safe_globals: list) -> bool:
     """Allow-list ``safe_globals`` for ``torch.load(weights_only=True)``; False where this torch cannot.
 
-    ``(obj, 'module.name')`` pairs (an object allowed under another name) are torch >= 2.5; on 2.4 only the
-    plain entries are registered."""
+    ``(obj, 'module.name')`` pairs (an object allowed under another name) are torch >= 2.6 (torch 2.5 would store
+    the pair and then fail every safe load reading its ``__module__``); before, only the plain entries are
+    registered."""
     if not HAS_SAFE_GLOBALS:
         return False
-    if TORCH_VERSION < (2, 5):
+    if TORCH_VERSION < (2, 6):
         safe_globals = [entry for entry in safe_globals if not isinstance(entry, tuple)]
     torch.serialization.add_safe_globals(safe_globals)
     return True

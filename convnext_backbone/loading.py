@@ -26,13 +26,9 @@ from dataclasses import dataclass
 
 from mmengine.logging import print_log
 
-from .checkpoint import (CheckpointError, Conversion, backbone_prefix, convert_state_dict, detect_format,
-                         read_checkpoint, short_keys, split_backbone, unwrap_state_dict)
+from .checkpoint import (WEIGHT_WRAPPERS, CheckpointError, Conversion, backbone_prefix, convert_state_dict,
+                         detect_format, read_checkpoint, short_keys, split_backbone, unwrap_state_dict)
 from .layouts import detect
-
-# Top-level keys under which a checkpoint nests its weights and that mmengine does not unwrap (it takes
-# 'state_dict' only): the official ConvNeXt classifiers are {'model': ...}.
-NESTED_WEIGHT_KEYS = ('model', 'module', 'model_ema', 'state_dict_ema')
 
 
 @dataclass
@@ -137,7 +133,7 @@ def refuse_backbone_only(unexpected_keys: list, prefix: str) -> None:
     Runner on a detector and a segmentor and fails should that change."""
     if not prefix:
         return  # the backbone is the whole model: its keys were all under its prefix
-    nested = [k for k in unexpected_keys if k in NESTED_WEIGHT_KEYS]
+    nested = [k for k in unexpected_keys if k in WEIGHT_WRAPPERS]
     found = detect(unexpected_keys)
     if found is not None:  # at least one block of a ConvNeXt: not a stray key that happens to look like ours
         inside = [k[len(found.wrapper):] for k in unexpected_keys if k.startswith(found.wrapper)]

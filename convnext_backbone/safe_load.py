@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 
-from .compat import HAS_SAFE_GLOBALS, add_safe_globals
+from .compat import add_safe_globals
 
 
 def _numpy_globals():
@@ -45,20 +45,24 @@ def history_buffer_getattr(obj, name):
 
 
 MMENGINE_SAFE_GLOBALS = [HistoryBuffer, (history_buffer_getattr, 'builtins.getattr')] + _numpy_globals()
-# torch < 2.4 has no allow-list (and loads with weights_only=False by default, as mmengine does): see compat
-SAFE_LOADING_TAUGHT = add_safe_globals(MMENGINE_SAFE_GLOBALS)
+
+
+def allow_mmengine_metadata() -> bool:
+    """Register :data:`MMENGINE_SAFE_GLOBALS` with the safe loader (False where torch < 2.4 has no allow-list).
+    Called at import and again before each of our own safe loads: onedl-mmengine loads inside
+    ``torch.serialization.safe_globals([HistoryBuffer, numpy types, ...])``, whose exit *removes* those entries
+    from the process-wide list, ours included (registering is a set union: nothing is added twice)."""
+    return add_safe_globals(MMENGINE_SAFE_GLOBALS)
+
+
+allow_mmengine_metadata()
 
 
 def load_mmengine_checkpoint(path, **kwargs):
     """``torch.load`` of a checkpoint that mmengine wrote (it pickles its MessageHub into ``meta``): safely
     (``weights_only=True``, with :mod:`convnext_backbone.safe_load`'s allow-list) where torch can be taught those
     classes, else as mmengine itself loads it on that torch (torch < 2.4: its default, a full unpickle of a
-    file from the run's own work_dir).
-
-    The allow-list is registered again for the call: onedl-mmengine loads inside
-    ``torch.serialization.safe_globals([HistoryBuffer, numpy types, ...])``, whose exit *removes* those entries from
-    the process-wide list, ours included (registering is a set union: nothing is removed or added twice)."""
-    if not HAS_SAFE_GLOBALS:
+    file from the run's own work_dir)."""
+    if not allow_mmengine_metadata():
         return torch.load(path, weights_only=False, **kwargs)
-    add_safe_globals(MMENGINE_SAFE_GLOBALS)
     return torch.load(path, weights_only=True, **kwargs)

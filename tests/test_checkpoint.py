@@ -249,6 +249,29 @@ def test_load_checkpoint_into_the_backbone_itself_unwraps_an_official_classifier
         assert (a - b).abs().max() < 1e-5
 
 
+def test_ema_checkpoints_load_through_init_cfg_as_the_whole_model_refusal_says(tmp_path):
+    """An official training checkpoint holds 'model' and, with EMA, 'model_ema': init_cfg reads 'model' first
+    and an EMA-only file's EMA; the whole model's load_from refuses the EMA-only file naming init_cfg (the same
+    wrapper keys in both places)."""
+    ref, ema = _official(identity_norms=True), _official(identity_norms=True)
+    with torch.no_grad():
+        for name, p in ema.named_parameters():
+            if not name.startswith('norm'):  # the output norms stay fresh, as a classifier's file gives them
+                p.add_(0.5)
+    torch.save({'model': _official_classifier_state_dict(ref), 'model_ema': _official_classifier_state_dict(ema)},
+               tmp_path / 'train.pth')
+    torch.save({'model_ema': _official_classifier_state_dict(ema)}, tmp_path / 'ema.pth')
+    x = torch.randn(1, 3, 64, 64)
+    for path, expected in (('train.pth', ref), ('ema.pth', ema)):
+        ours = pretrained(tmp_path / path, arch='atto')
+        for a, b in zip(ours.eval()(x), expected(x)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    parent = torch.nn.Module()
+    parent.backbone = ConvNeXt('atto')
+    with pytest.raises(CheckpointError, match=r"nests its weights under 'model_ema'.*init_cfg="):
+        parent.load_state_dict(torch.load(tmp_path / 'ema.pth'))
+
+
 def test_a_parent_module_refuses_a_backbone_only_state_dict():
     """torch's load_state_dict too (strict or not): the keys are the parent's to place, none is the backbone's.
     (mmengine's Runner on our detector and segmentor configs: tests/test_load_from.py.)"""

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from convnext_backbone import compat, safe_load
+from convnext_backbone.checkpoint import read_checkpoint
 from helpers import LONGEST_FIRST, ROOT, STACK
 
 # the distributions a user's stack consists of: installing this package must not move any of them
@@ -207,13 +208,15 @@ def test_mmengine_checkpoint_loads_after_a_safe_globals_scope_removed_our_entrie
     from convnext_backbone.safe_load import MMENGINE_SAFE_GLOBALS
     hub = MessageHub.get_instance('test_scope_removal')
     hub.update_scalar('train/loss', np.float64(0.25))
-    torch.save({'meta': {'message_hub': hub.state_dict()}}, tmp_path / 'ckpt.pth')
+    torch.save({'meta': {'message_hub': hub.state_dict()}, 'state_dict': {'w': torch.ones(2)}}, tmp_path / 'ckpt.pth')
     try:
-        with torch.serialization.safe_globals([HistoryBuffer, np.ndarray, np.dtype]):
-            pass
-        assert HistoryBuffer not in torch.serialization.get_safe_globals()  # what the scope's exit does
-        loaded = safe_load.load_mmengine_checkpoint(tmp_path / 'ckpt.pth')
-        assert loaded['meta']['message_hub']['log_scalars']['train/loss'].current() == 0.25
+        # both of our loaders: the test helper's and init_cfg's (read_checkpoint)
+        for load in (safe_load.load_mmengine_checkpoint, lambda path: read_checkpoint(str(path))):
+            with torch.serialization.safe_globals([HistoryBuffer, np.ndarray, np.dtype]):
+                pass
+            assert HistoryBuffer not in torch.serialization.get_safe_globals()  # what the scope's exit does
+            loaded = load(tmp_path / 'ckpt.pth')
+            assert loaded['meta']['message_hub']['log_scalars']['train/loss'].current() == 0.25
     finally:
         compat.add_safe_globals(MMENGINE_SAFE_GLOBALS)
 
