@@ -15,7 +15,7 @@ PYTEST_WORKERS ?= auto
 
 # The first target is what a bare `make` runs: the list of targets.
 help:
-	@echo 'make install    create $(VENV) with the pinned stack (run by demo / demo-seg / test on first use; docs/stack.md)'
+	@echo 'make install    create $(VENV) with the $(STACK) stack (run by demo / demo-seg / test on first use; docs/stack.md)'
 	@echo 'make test STACK=classic   the stack suite on torch 2.1 + mmcv 2.1.0 (its own .venv-classic; STACK=onedl: the onedl fork)'
 	@echo 'make demo       the paper'"'"'s detection pipeline in miniature on generated data: Mask R-CNN, box / mask AP (CPU)'
 	@echo 'make demo-seg   the segmentation half: UperNet on generated data, mIoU (CPU; docs/demos.md)'

@@ -11,7 +11,7 @@ arrive. The arguments (mmpretrain's, timm's, the official names) are resolved an
 
 Speed: the network runs in channels-last memory format internally, so the permutes around the MLP are
 free views and every LayerNorm is ``F.layer_norm`` over a contiguous last dimension. In float32 CPU work,
-eager or under ``torch.compile``, the blocks run through fused kernels (custom ops,
+eager or under ``torch.compile``, the blocks run through fused kernels (custom ops; autograd functions on torch < 2.4,
 :mod:`convnext_backbone.cpu_kernels`, one entry point); tracers and exporters always see the plain block below.
 Numerics match the official formulation to float rounding (tested against it and against timm).
 """

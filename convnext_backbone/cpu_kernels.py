@@ -272,8 +272,9 @@ def _mlp_backward(ctx, grad, _grad_hidden, _grad_act):
 mlp.register_autograd(_mlp_backward, setup_context=_mlp_setup_context)
 
 
-# Rows per chunk of the inference MLP, per torch thread: the chunk's 4C-channel hidden activation is reused from cache
-# by the second linear instead of a full M x 4C map written to and read back from memory. Per thread, because every
+# Rows per chunk of the inference MLP, per torch thread: each thread's share of the chunk's 4C-channel hidden
+# activation (4096 x 384 floats at stage 0: 6 MB) is reused from the last-level cache by the second linear instead
+# of a full M x 4C map written to and read back from memory. Measured on 2 cores only; per thread, because every
 # chunk's matmuls and GELU are OpenMP regions whose barriers stall when the threads share the cores with other work
 # (2-core AMD EPYC, Dec 4 2026, 512x512 inference, loaded host: 2 threads, 2048-row chunks 0.84-0.89x timm, 4096
 # 0.99x, 8192 1.08x, the whole map 1.10-1.13x; 1 thread: 2048 1.10x, 8192 1.08x, the whole map 1.00x).
@@ -286,9 +287,10 @@ def mlp_inference(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bi
     """``GELU(x W1^T + b1) W2^T + b2`` on ``(M, C)`` rows without autograd (inference), with the residual
     ``other`` (the block's NCHW channels-last input) the block's output ``other + MLP(x)`` in ``other``'s form.
 
-    Computed :data:`MLP_CHUNK_ROWS` rows per torch thread at a time into one reused hidden buffer: no M x 4C activation map is
-    allocated (on CPU: fresh pages to fault in) or streamed through memory twice. The linears are MKL's
-    ``addmm`` writing into their destinations; the bias / residual add happens on the chunk while it is in cache.
+    Computed :data:`MLP_CHUNK_ROWS` rows per torch thread at a time into one reused hidden buffer: no M x 4C
+    activation map is allocated (on CPU: fresh pages to fault in) or streamed through memory twice. The linears
+    are MKL's ``addmm`` writing into their destinations; the bias / residual add happens on the chunk while it is
+    in cache.
     """
     m = x.shape[0]
     x = x.contiguous()

@@ -153,7 +153,6 @@ def test_without_mmcv_ops_the_model_rows_are_skipped_and_say_why(monkeypatch):
     rows = benchmark.check('cpu', smoke=True, sections=['models'], log=lambda msg: None)['sections']['models']['rows']
     assert [(r['id'], r['status']) for r in rows] == [('upernet_t', 'skipped'), ('mask_rcnn_t', 'skipped')]
     assert "mmseg's models import mmcv.ops" in rows[0]['note'] and "mmdet's models import mmcv.ops" in rows[1]['note']
-    assert 'mmcv._ext' not in sys.modules or not hasattr(sys.modules['mmcv._ext'], 'placeholder')
 
 
 def test_cli_writes_json_and_markdown(tmp_path):

@@ -111,7 +111,7 @@ if [[ "$STACK" == pinned ]]; then
     "${PIP[@]}" install -q --no-deps --upgrade --target "$VENV/test-extras" "mmpretrain==$(pin mmpretrain)"
 else
     # As a user of this stack has it: the stack first, from its own distributions, then this package with its
-    # plain install_requires, which must find everything already there (tests/test_stacks.py checks that pip
+    # plain install_requires, which must find everything already there (tests/test_stack.py checks that pip
     # would move nothing).
     say "the rest of the $STACK stack (requirements/$STACK.txt), then convnext_backbone (editable, no extras)"
     "${PIP[@]}" install -q -r "$CONSTRAINTS"

@@ -29,8 +29,8 @@ Commands (``python tools/benchmark.py COMMAND -h`` for each one's options):
   on one CPU thread (CI), ``torch.compile`` with dynamo's ``eager`` backend for one row.
 
 A row that needs mmcv's compiled ops (mmseg's and mmdet's model packages import ``mmcv.ops``) is skipped, with the
-reason, where they do not load (mmcv-lite); nothing is faked. Modes of a model are joined with ``+``
-(``channels_last+compile``). Speed targets live here and in docs/performance.md, never in timed tests.
+reason, where they do not load (mmcv absent or built without its ops); nothing is faked. Modes of a model are
+joined with ``+`` (``channels_last+compile``). Speed targets live here and in docs/performance.md, never in timed tests.
 """
 from __future__ import annotations
 
