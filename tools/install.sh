@@ -15,6 +15,8 @@
 #   FORCE_CUDA=1            build mmcv's CUDA ops (needs nvcc matching torch's CUDA); default: CPU ops,
 #                           or CUDA ops automatically when torch sees a GPU.
 #   MAX_JOBS=N              parallel compile jobs for mmcv (default: number of cores)
+#   MIN_FREE_GB=N           free disk a new venv needs before anything is installed (default: the stack's
+#                           measured peak; 0 skips the check)
 #
 # mmcv ships no wheels on PyPI (mmcv 2.1.0's are on OpenMMLab's own index, onedl-mmcv's on onedl's), so we
 # compile it from PyPI's sdist. The wheel is cached under a key of mmcv + torch + python + ops flavour, because a
@@ -50,11 +52,26 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$STAMP_INPUTS" && -x "$VENV/bin/pytho
     exit 0
 fi
 
+# Room on disk for a new venv: the venv itself (5.5-7.6 GB, mostly torch's CUDA libraries, which the CPU tests do
+# not use but PyPI's torch brings), plus pip's downloads and mmcv's build while installing. The thresholds are the
+# peaks measured on a fresh machine + ~1 GB of margin (docs/stack.md). Too little fails here, before
+# the venv is created, instead of halfway through pip with "No space left on device".
+case "$STACK" in
+    pinned) NEED_GB=8 ;; classic) NEED_GB=9 ;; onedl) NEED_GB=12 ;;
+esac
+NEED_GB=${MIN_FREE_GB:-$NEED_GB}
 if [[ ! -x "$VENV/bin/python" ]]; then
+    FREE_GB=$(df -Pk "$(dirname "$VENV")" | awk 'NR == 2 { print int($4 / 1048576) }')
+    if (( FREE_GB < NEED_GB )); then
+        say "a new $VENV needs ~$NEED_GB GB free, and $(cd "$(dirname "$VENV")" && pwd) has $FREE_GB GB: free some" \
+            "space (make clean removes this checkout's venvs), or put the venv on a disk with room (VENV=/path/to/venv);" \
+            "MIN_FREE_GB=0 skips this check" >&2
+        exit 1
+    fi
     say "creating $VENV with $($PYTHON --version 2>&1)"
     "$PYTHON" -m venv "$VENV"
 fi
-PY="$ROOT/$VENV/bin/python"
+case "$VENV" in /*) PY="$VENV/bin/python" ;; *) PY="$ROOT/$VENV/bin/python" ;; esac
 PIP=("$PY" -m pip --disable-pip-version-check)
 export PIP_CONSTRAINT="$ROOT/$CONSTRAINTS"
 
