@@ -15,6 +15,13 @@ installed by tools/install.sh (mmcv must be compiled).
 """
 from setuptools import find_packages, setup
 
+# Each extra once; `all` and `onedl` are made of them.
+OPENMMLAB = ['mmengine>=0.10,<0.11', 'mmcv>=2.0,<2.2']  # OpenMMLab's distributions
+DET = OPENMMLAB + ['mmdet>=3.3,<3.4']  # mmdetection: the detection configs and tools
+SEG = OPENMMLAB + ['mmsegmentation>=1.2,<1.3', 'ftfy', 'regex']  # mmseg 1.2 imports ftfy / regex undeclared
+TIMM = ['timm>=0.9']  # tools/benchmark.py's reference
+DEPLOY = ['onnx', 'onnxruntime']  # tools/export.py: export to ONNX, check in ONNX Runtime
+
 setup(
     name='convnext_backbone',
     version='0.1.0',
@@ -34,19 +41,14 @@ setup(
         'numpy',
     ],
     extras_require={
-        # OpenMMLab's distributions: mmdetection, the detection configs and tools
-        'det': ['mmengine>=0.10,<0.11', 'mmcv>=2.0,<2.2', 'mmdet>=3.3,<3.4'],
-        # mmsegmentation (1.2 imports ftfy and regex at import time without declaring them)
-        'seg': ['mmengine>=0.10,<0.11', 'mmcv>=2.0,<2.2', 'mmsegmentation>=1.2,<1.3', 'ftfy', 'regex'],
-        # timm: tools/benchmark.py's reference
-        'timm': ['timm>=0.9'],
-        # onnx + onnxruntime: tools/export.py (export to ONNX, check in ONNX Runtime)
-        'deploy': ['onnx', 'onnxruntime'],
-        'all': ['mmengine>=0.10,<0.11', 'mmcv>=2.0,<2.2', 'mmdet>=3.3,<3.4', 'mmsegmentation>=1.2,<1.3', 'ftfy',
-                'regex', 'timm>=0.9', 'onnx', 'onnxruntime'],
+        'det': DET,
+        'seg': SEG,
+        'timm': TIMM,
+        'deploy': DEPLOY,
+        'all': list(dict.fromkeys(DET + SEG + TIMM + DEPLOY)),
         # the onedl fork's distributions (same modules): never mix them with the OpenMMLab extras above
         'onedl': ['onedl-mmengine>=0.10.12', 'onedl-mmcv>=2.3', 'onedl-mmdetection>=3.5',
-                  'onedl-mmsegmentation>=1.4', 'timm>=0.9', 'onnx', 'onnxruntime'],
+                  'onedl-mmsegmentation>=1.4'] + TIMM + DEPLOY,
         # reference implementations and exporters the tests use (never imported by the package); mmpretrain
         # itself is installed with --no-deps by tools/install.sh, its import-time needs are listed here
         'tests': ['pytest>=8', 'pytest-xdist', 'matplotlib', 'transformers>=5', 'onnx', 'onnxruntime', 'onnxscript',
