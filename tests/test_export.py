@@ -247,6 +247,22 @@ def random_checkpoint(tmp_path, config):
     return path, model
 
 
+def test_export_timing_takes_turns_as_the_benchmark_does_and_returns_the_last_outputs():
+    """export.py times PyTorch and ONNX Runtime with benchmark.interleave: each round starts one further along,
+    the warm-up round is dropped, and the outputs handed back are those of the last round."""
+    calls = []
+
+    def run(name):
+        def call():
+            calls.append(name)
+            return len(calls)
+        return call
+
+    torch_out, ort_out, torch_s, ort_s = export_tool._interleaved(run('torch'), run('ort'), warmup=1, repeat=3)
+    assert calls == ['torch', 'ort', 'ort', 'torch', 'torch', 'ort', 'ort', 'torch']
+    assert (torch_out, ort_out) == (8, 7) and torch_s >= 0 and ort_s >= 0
+
+
 def run_export_tool(capsys, *args):
     worst = export_tool.main(list(args))
     out = capsys.readouterr().out

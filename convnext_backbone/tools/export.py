@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import statistics
 import time
 
 import torch
@@ -45,6 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import compat
+from .benchmark import interleave
 from .common import build_model_from_config, load_config, require
 from .export_detector import (INPUT, TwoStageDetectorGraph, is_two_stage, match_detections,  # noqa: F401
                               mmdet_predict)
@@ -235,19 +235,12 @@ def compare_detector(graph, session, image: torch.Tensor, repeat: int = 3, warmu
 
 
 def _interleaved(run_torch, run_ort, warmup: int, repeat: int):
-    """PyTorch and ONNX Runtime alternately, ``warmup + repeat`` times: their last outputs and median seconds after
-    the warm-up."""
-    torch_times, ort_times = [], []
-    for i in range(warmup + repeat):
-        start = time.perf_counter()
-        expected = run_torch()
-        middle = time.perf_counter()
-        got = run_ort()
-        end = time.perf_counter()
-        if i >= warmup:
-            torch_times.append(middle - start)
-            ort_times.append(end - middle)
-    return expected, got, statistics.median(torch_times), statistics.median(ort_times)
+    """PyTorch and ONNX Runtime in turn (``benchmark.interleave``), ``warmup + repeat`` rounds: their last outputs
+    and median seconds after the warm-up."""
+    last = {}
+    times = interleave({'torch': lambda: last.__setitem__('torch', run_torch()),
+                        'ort': lambda: last.__setitem__('ort', run_ort())}, warmup, repeat)
+    return last['torch'], last['ort'], times['torch']['median'], times['ort']['median']
 
 
 def _flat(outputs):
