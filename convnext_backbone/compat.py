@@ -59,10 +59,31 @@ def autocast_enabled(device_type: str) -> bool:
     return False
 
 
-def autocast_supported(device_type: str) -> bool:
-    """Whether autocast exists for ``device_type`` (``torch.amp.is_autocast_available``, torch >= 2.3)."""
+def _autocast_available(device_type: str) -> bool:
     available = getattr(torch.amp, 'is_autocast_available', None)
-    return available(device_type) if available is not None else device_type in ('cpu', 'cuda')
+    if available is None:
+        return device_type in ('cpu', 'cuda')
+    try:
+        return bool(available(device_type))
+    except RuntimeError:  # a device type this torch does not know
+        return False
+
+
+# Asked once here, not in forward: torch.compile cannot trace ``torch.amp.is_autocast_available`` (its builtin
+# ``torch._C._is_autocast_available``) on torch 2.8 and 2.11 (2.14 can), and broke the graph at every LayerNorm
+# (15 breaks in a tiny ConvNeXt on torch 2.8; ours 0.5x timm's compiled bf16 training on an H200 with torch 2.11).
+# A dict lookup traces (tests/test_stack.py checks one graph on every stack).
+_AUTOCAST_DEVICE_TYPES = {device_type: _autocast_available(device_type)
+                          for device_type in ('cpu', 'cuda', 'xpu', 'mps', 'hpu', 'mtia', 'xla', 'ipu')}
+
+
+def autocast_supported(device_type: str) -> bool:
+    """Whether autocast exists for ``device_type`` (``torch.amp.is_autocast_available``, torch >= 2.3), known at
+    import for the common device types, so that ``torch.compile`` traces through it."""
+    supported = _AUTOCAST_DEVICE_TYPES.get(device_type)
+    if supported is None:
+        supported = _AUTOCAST_DEVICE_TYPES[device_type] = _autocast_available(device_type)
+    return supported
 
 
 def add_safe_globals(safe_globals: list) -> bool:

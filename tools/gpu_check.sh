@@ -70,8 +70,10 @@ run() {
     say "installed into $TARGET; python: $($PYTHON -c 'import sys, torch
 print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available())')"
     set +e
-    # --noconftest: the suite's conftest.py wants the test extras (mmpretrain), which are not carried
-    timeout -k 10 "${CUDA_TESTS_TIMEOUT:-120}" $PYTHON -m pytest --noconftest -p no:cacheprovider -q -rs \
+    # --noconftest: the suite's conftest.py wants the test extras (mmpretrain), which are not carried.
+    # No plugin autoload: the machine's own pytest plugins are for its pytest, not the carried one (its
+    # pytest-timeout registered a "float" ini option pytest 8.3 refuses, and the run stopped before any test)
+    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 timeout -k 10 "${CUDA_TESTS_TIMEOUT:-120}" $PYTHON -m pytest --noconftest -p no:cacheprovider -q -rs \
         -k on_cuda tests/test_cuda_paths.py 2>&1 | tee "$out_dir/cuda_tests.txt"
     local tests=${PIPESTATUS[0]}
     timeout -k 10 "${GPU_CHECK_TIMEOUT:-420}" $PYTHON tools/benchmark.py check \
